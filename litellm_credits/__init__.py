@@ -1,0 +1,20 @@
+"""litellm-credits: prepaid credits, power-level routing and a BYOK vault for the LiteLLM proxy.
+
+Load it in a LiteLLM config with ``litellm_settings: callbacks: litellm_credits.handler``.
+The handler is created lazily so that importing the package (for the CLI, or
+for tests) does not import the LiteLLM proxy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "handler":
+        from litellm_credits.hook import handler
+
+        return handler
+    raise AttributeError(name)

@@ -1,0 +1,200 @@
+"""The database layer: the connection pool, named queries, and error translation.
+
+SQL lives in ``sql/*.sql`` files as blocks headed ``-- name: NAME`` and is
+referred to by name; nothing here assembles SQL from strings. psycopg and pool
+errors become :mod:`litellm_credits.errors` classes in :func:`translate` and
+nowhere else.
+
+The pool is created closed (``open=False``) and opened by :meth:`Database.open`
+inside the running event loop, as psycopg_pool asks of async pools.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+
+from litellm_credits import errors
+
+Params = Mapping[str, Any] | Sequence[Any] | None
+Row = dict[str, Any]
+
+_NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+
+# Our own SQLSTATEs, raised by the SQL functions (see 0002_ledger.sql).
+_SQLSTATE_ERRORS: dict[str, type[errors.CreditsError]] = {
+    "CR001": errors.InvalidAmount,
+    "CR002": errors.InvalidUserId,
+    "CR003": errors.InvalidTransactionType,
+    "CR004": errors.InvalidPowerLevel,
+    "CR005": errors.AccountNotFound,
+    "CR006": errors.InvalidInput,
+    "CR007": errors.LevelNotAllowed,
+    "CR008": errors.NotFound,
+}
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    """Split a queries file into ``{name: sql}``."""
+    found: dict[str, str] = {}
+    matches = list(_NAME.finditer(text))
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        name = match.group(1)
+        if name in found:
+            raise errors.ConfigError(f"query {name!r} is defined twice in queries.sql")
+        found[name] = text[match.end() : end].strip().rstrip(";")
+    return found
+
+
+@cache
+def queries() -> dict[str, str]:
+    """Every named query of every ``sql/*.sql`` file (one file per module's concern)."""
+    found: dict[str, str] = {}
+    folder = resources.files("litellm_credits").joinpath("sql")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".sql"):
+            for name, sql in parse_queries(entry.read_text("utf-8")).items():
+                if name in found:
+                    raise errors.ConfigError(f"query {name!r} is defined in two .sql files")
+                found[name] = sql
+    return found
+
+
+def query(name: str) -> str:
+    try:
+        return queries()[name]
+    except KeyError:
+        raise errors.ConfigError(f"no query named {name!r} in sql/*.sql") from None
+
+
+def translate(exc: BaseException) -> errors.CreditsError:
+    """The one place where database errors become the package's own errors."""
+    if isinstance(exc, errors.CreditsError):
+        return exc
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return errors.DatabaseUnavailable(
+            "the credits database did not hand out a connection in time; "
+            "it may be down or overloaded"
+        )
+    if isinstance(exc, psycopg.Error):
+        sqlstate = exc.sqlstate or ""
+        diag = exc.diag
+        message = diag.message_primary or str(exc).splitlines()[0]
+        if sqlstate in _SQLSTATE_ERRORS:
+            hint = f" ({diag.message_hint})" if diag.message_hint else ""
+            return _SQLSTATE_ERRORS[sqlstate](message + hint)
+        if isinstance(exc, pg_errors.UniqueViolation):
+            return errors.Conflict(f"already exists: {message}")
+        if isinstance(exc, pg_errors.CheckViolation | pg_errors.NotNullViolation):
+            return errors.InvalidInput(f"rejected by the database: {message}")
+        if isinstance(exc, pg_errors.NumericValueOutOfRange | pg_errors.InvalidTextRepresentation):
+            return errors.InvalidInput(f"a value is out of range or malformed: {message}")
+        if isinstance(exc, pg_errors.QueryCanceled):
+            return errors.DatabaseUnavailable("the credits database timed out on a statement")
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return errors.DatabaseUnavailable(f"the credits database is unreachable: {message}")
+        if isinstance(exc, psycopg.DataError):
+            return errors.InvalidInput(f"a value was refused: {message}")
+        return errors.CreditsError(f"database error {sqlstate}: {message}")
+    if isinstance(exc, ValueError) and "NUL" in str(exc):
+        # psycopg refuses NUL bytes in text before anything reaches the server.
+        return errors.InvalidInput("a text value contains a NUL byte")
+    raise exc
+
+
+@asynccontextmanager
+async def translating() -> AsyncIterator[None]:
+    try:
+        yield
+    except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        raise translate(exc) from None
+    except ValueError as exc:
+        if "NUL" in str(exc):
+            raise translate(exc) from None
+        raise
+
+
+class Database:
+    """An async pool plus helpers that run named queries with translated errors."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        timeout: float = 5.0,
+        statement_timeout_ms: int = 5000,
+        name: str = "litellm-credits",
+    ) -> None:
+        self.conninfo = conninfo
+        self._statement_timeout_ms = statement_timeout_ms
+        self.pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Row]] = (
+            psycopg_pool.AsyncConnectionPool(
+                conninfo,
+                open=False,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=timeout,
+                name=name,
+                connection_class=psycopg.AsyncConnection[Row],
+                kwargs={
+                    "autocommit": True,
+                    "row_factory": dict_row,
+                    "connect_timeout": max(1, int(timeout)),
+                    "options": f"-c statement_timeout={statement_timeout_ms}",
+                    "application_name": name,
+                },
+                # Re-check a connection before handing it out only when it was
+                # idle long; a dead one then fails fast and is replaced.
+                reconnect_timeout=0,
+            )
+        )
+
+    async def open(self, wait: bool = False) -> None:
+        await self.pool.open(wait=wait)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+        async with translating(), self.pool.connection() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+        async with self.connection() as conn, conn.transaction():
+            yield conn
+
+    async def fetchone(self, name: str, params: Params = None) -> Row | None:
+        async with self.connection() as conn:
+            cur = await conn.execute(query(name), params)
+            return await cur.fetchone()
+
+    async def fetchall(self, name: str, params: Params = None) -> list[Row]:
+        async with self.connection() as conn:
+            cur = await conn.execute(query(name), params)
+            return await cur.fetchall()
+
+    async def execute(self, name: str, params: Params = None) -> int:
+        async with self.connection() as conn:
+            cur = await conn.execute(query(name), params)
+            return cur.rowcount
+
+
+async def run(conn: psycopg.AsyncConnection[Row], name: str, params: Params = None) -> list[Row]:
+    """Run a named query on a connection the caller already holds."""
+    async with translating():
+        cur = await conn.execute(query(name), params)
+        return await cur.fetchall() if cur.description else []

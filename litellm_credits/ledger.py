@@ -1,0 +1,398 @@
+"""The credit ledger: grants, debits, refunds, holds and settlement.
+
+Every money movement goes through the SQL functions of 0002/0003, which lock
+the account and write one chained transaction (invariant I2). This module
+validates input before it reaches the database (so a NUL byte or a float
+never gets that far), runs the named queries, and returns typed results.
+Money is Decimal throughout (invariant I7).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from litellm_credits import errors
+from litellm_credits.db import Database, run
+from litellm_credits.settings import POWER_LEVELS
+
+MAX_AMOUNT = Decimal("1000000000")
+CREDIT_PLACES = Decimal("0.00000001")
+ADD_TYPES = ("purchase", "bonus", "admin_adjustment")
+DEBIT_TYPES = ("usage", "refund", "admin_adjustment")
+
+
+def money(value: Decimal | None) -> str | None:
+    """Decimal as plain text (never exponent notation like 0E-8), for JSON and tables."""
+    return None if value is None else format(value, "f")
+
+
+def parse_amount(value: Any, *, allow_zero: bool = False) -> Decimal:
+    """An amount of credits from user input: exact, finite, positive, at most 8 places."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise errors.InvalidAmount(
+            f"amount {value!r} must be given as a string or integer so it stays exact"
+        )
+    try:
+        amount = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise errors.InvalidAmount(f"amount {str(value)[:40]!r} is not a number") from None
+    if not amount.is_finite():
+        raise errors.InvalidAmount(f"amount {amount} is not a finite number")
+    if amount > MAX_AMOUNT:
+        raise errors.InvalidAmount(f"amount {amount} is too large; the limit is {MAX_AMOUNT}")
+    if amount < 0 or (amount == 0 and not allow_zero):
+        raise errors.InvalidAmount(f"amount must be positive, got {amount}")
+    if amount != amount.quantize(CREDIT_PLACES):
+        raise errors.InvalidAmount(f"amount {amount} has more than 8 decimal places")
+    return amount
+
+
+def check_user_id(user_id: Any) -> str:
+    if not isinstance(user_id, str) or not user_id:
+        raise errors.InvalidUserId("user id is empty; pass the LiteLLM user id")
+    if len(user_id) > 255:
+        raise errors.InvalidUserId(f"user id is {len(user_id)} characters long; the limit is 255")
+    if any(ord(c) < 32 or ord(c) == 127 for c in user_id):
+        raise errors.InvalidUserId("user id contains control characters")
+    return user_id
+
+
+def check_level(level: Any) -> str:
+    if level not in POWER_LEVELS:
+        raise errors.InvalidPowerLevel(
+            f"unknown power level {str(level)[:40]!r}; use eco, balanced or precision"
+        )
+    return str(level)
+
+
+def check_text(what: str, value: str | None, limit: int) -> str | None:
+    if value is None:
+        return None
+    if "\x00" in value:
+        raise errors.InvalidInput(f"{what} contains a NUL byte")
+    if len(value) > limit:
+        raise errors.InvalidInput(f"{what} is {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+@dataclass(frozen=True)
+class TxResult:
+    success: bool
+    new_balance: Decimal
+    transaction_id: int | None
+
+
+@dataclass(frozen=True)
+class Account:
+    user_id: str
+    balance: Decimal
+    held: Decimal
+    tier: str
+    power_level: str
+    level_override_allowed: bool
+    monthly_quota: Decimal | None
+    quota_used_pct: Decimal
+    low_balance_threshold: Decimal | None
+
+    @property
+    def available(self) -> Decimal:
+        return self.balance - self.held
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "balance": money(self.balance),
+            "held": money(self.held),
+            "available": money(self.available),
+            "tier": self.tier,
+            "power_level": self.power_level,
+            "level_override_allowed": self.level_override_allowed,
+            "monthly_quota": money(self.monthly_quota),
+            "quota_used_pct": money(self.quota_used_pct),
+            "low_balance_threshold": money(self.low_balance_threshold),
+        }
+
+
+@dataclass(frozen=True)
+class ByokKeyRef:
+    """An active BYOK key row as the hot path sees it: sealed, never plaintext."""
+
+    id: int
+    provider: str
+    key_name: str
+    is_default: bool
+    fallback: bool
+    key_id: str
+    blob: bytes
+
+
+@dataclass(frozen=True)
+class Reservation:
+    status: str  # placed | exists | insufficient | quota
+    power_level: str
+    cost_multiplier: Decimal
+    hold_amount: Decimal
+    balance: Decimal
+    held: Decimal
+    tier: str
+    monthly_quota: Decimal | None
+    quota_used: Decimal
+    byok_keys: tuple[ByokKeyRef, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("placed", "exists")
+
+    @property
+    def available_after(self) -> Decimal:
+        return self.balance - self.held
+
+
+def _tx(row: dict[str, Any] | None) -> TxResult:
+    assert row is not None  # the SQL functions always return one row
+    return TxResult(bool(row["success"]), row["new_balance"], row["transaction_id"])
+
+
+def _jsonb(value: dict[str, Any] | None) -> Jsonb | None:
+    return None if value is None else Jsonb(value)
+
+
+class Ledger:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add_credits(
+        self,
+        user_id: str,
+        amount: Any,
+        *,
+        type: str = "admin_adjustment",
+        payment_id: str | None = None,
+        description: str | None = None,
+        created_by: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        package_id: int | None = None,
+        charge_id: str | None = None,
+        amount_usd: Decimal | None = None,
+        stripe_event_id: str | None = None,
+    ) -> TxResult:
+        if type not in ADD_TYPES:
+            raise errors.InvalidTransactionType(
+                f"transaction type {type!r} cannot add credits; use {', '.join(ADD_TYPES)}"
+            )
+        row = await self.db.fetchone(
+            "add_credits",
+            {
+                "user_id": check_user_id(user_id),
+                "amount": parse_amount(amount),
+                "type": type,
+                "payment_id": check_text("payment id", payment_id, 255),
+                "description": check_text("description", description, 1000),
+                "created_by": check_text("created_by", created_by, 255),
+                "metadata": _jsonb(metadata),
+                "package_id": package_id,
+                "charge_id": check_text("charge id", charge_id, 255),
+                "amount_usd": amount_usd,
+                "stripe_event_id": check_text("event id", stripe_event_id, 255),
+            },
+        )
+        return _tx(row)
+
+    async def debit(
+        self,
+        user_id: str,
+        amount: Any,
+        *,
+        type: str = "admin_adjustment",
+        request_id: str | None = None,
+        description: str | None = None,
+        created_by: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> TxResult:
+        if type not in DEBIT_TYPES:
+            raise errors.InvalidTransactionType(
+                f"transaction type {type!r} cannot debit credits; use {', '.join(DEBIT_TYPES)}"
+            )
+        row = await self.db.fetchone(
+            "debit_credits",
+            {
+                "user_id": check_user_id(user_id),
+                "amount": parse_amount(amount),
+                "type": type,
+                "request_id": check_text("request id", request_id, 255),
+                "description": check_text("description", description, 1000),
+                "created_by": check_text("created_by", created_by, 255),
+                "metadata": _jsonb(metadata),
+            },
+        )
+        return _tx(row)
+
+    async def adjust(
+        self, user_id: str, amount: Any, *, created_by: str, description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> TxResult:
+        """An admin grant (positive) or correction (negative), written as admin_adjustment."""
+        text = str(amount).strip()
+        negative = text.startswith("-")
+        value = parse_amount(text[1:] if negative else text)
+        if negative:
+            return await self.debit(
+                user_id, value, type="admin_adjustment", request_id=idempotency_key,
+                description=description, created_by=created_by,
+            )
+        return await self.add_credits(
+            user_id, value, type="admin_adjustment", payment_id=idempotency_key,
+            description=description, created_by=created_by,
+        )
+
+    async def refund_purchase(
+        self,
+        payment_intent_id: str,
+        target_credits: Decimal,
+        *,
+        charge_id: str | None,
+        stripe_event_id: str | None,
+        amount_usd: Decimal | None,
+    ) -> tuple[TxResult, Decimal]:
+        row = await self.db.fetchone(
+            "refund_purchase",
+            {
+                "payment_intent_id": check_text("payment intent", payment_intent_id, 255),
+                "target_credits": parse_amount(target_credits, allow_zero=True),
+                "charge_id": check_text("charge id", charge_id, 255),
+                "stripe_event_id": check_text("event id", stripe_event_id, 255),
+                "amount_usd": amount_usd,
+            },
+        )
+        assert row is not None
+        return _tx(row), row["refunded"]
+
+    async def account(self, user_id: str) -> Account:
+        row = await self.db.fetchone("account", {"user_id": check_user_id(user_id)})
+        if row is None:
+            raise errors.AccountNotFound(
+                f"no credit account for user {user_id}; grant credits first: "
+                "litellm-credits grant USER AMOUNT"
+            )
+        return Account(
+            user_id=row["user_id"],
+            balance=row["balance"],
+            held=row["held"],
+            tier=row["tier"],
+            power_level=row["power_level"],
+            level_override_allowed=row["level_override_allowed"],
+            monthly_quota=row["monthly_quota"],
+            quota_used_pct=row["quota_used_pct"],
+            low_balance_threshold=row["low_balance_threshold"],
+        )
+
+    async def transactions(
+        self,
+        user_id: str,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise errors.InvalidInput("limit must be 1 to 1000 and offset 0 or more")
+        return await self.db.fetchall(
+            "transactions",
+            {"user_id": check_user_id(user_id), "limit": limit, "offset": offset,
+             "since": since, "until": until},
+        )
+
+    async def reserve(
+        self,
+        user_id: str,
+        request_id: str,
+        base_amount: Decimal,
+        level: str | None,
+        ttl_seconds: int,
+    ) -> Reservation:
+        row = await self.db.fetchone(
+            "reserve",
+            {"user_id": user_id, "request_id": request_id, "base_amount": base_amount,
+             "level": level, "ttl": ttl_seconds},
+        )
+        assert row is not None
+        keys = tuple(
+            ByokKeyRef(
+                id=int(k["id"]), provider=k["provider"], key_name=k["key_name"],
+                is_default=bool(k["is_default"]), fallback=bool(k["fallback"]),
+                key_id=k["key_id"], blob=_b64(k["blob"]),
+            )
+            for k in (row["byok_keys"] or [])
+        )
+        return Reservation(
+            status=row["status"],
+            power_level=row["power_level"],
+            cost_multiplier=row["cost_multiplier"],
+            hold_amount=row["hold_amount"],
+            balance=row["balance"],
+            held=row["held"],
+            tier=row["tier"],
+            monthly_quota=row["monthly_quota"],
+            quota_used=row["quota_used"],
+            byok_keys=keys,
+        )
+
+    async def release(self, request_id: str) -> bool:
+        row = await self.db.fetchone("release_hold", {"request_id": request_id})
+        return bool(row and row["released"])
+
+    async def sweep_expired_holds(self) -> int:
+        row = await self.db.fetchone("sweep_expired_holds")
+        return int(row["expired"]) if row else 0
+
+    async def settle(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Settle a batch of usage records in one transaction (see settle_usage in SQL)."""
+        payload = json.dumps(list(records), default=_json_default)
+        async with self.db.transaction() as conn:
+            return await run(conn, "settle_usage", {"records": payload})
+
+    async def set_power_level(self, user_id: str, level: str, *, by: str) -> None:
+        row = await self.db.fetchone(
+            "set_power_level",
+            {"user_id": check_user_id(user_id), "level": check_level(level), "by": by},
+        )
+        if row is None:
+            raise errors.AccountNotFound(f"no credit account for user {user_id}")
+
+    async def set_tier(
+        self,
+        user_id: str,
+        tier: str,
+        *,
+        monthly_quota: Decimal | None,
+        low_balance_threshold: Decimal | None,
+        by: str,
+    ) -> None:
+        row = await self.db.fetchone(
+            "set_tier",
+            {"user_id": check_user_id(user_id), "tier": tier, "monthly_quota": monthly_quota,
+             "low_balance_threshold": low_balance_threshold, "by": by},
+        )
+        if row is None:
+            raise errors.AccountNotFound(f"no credit account for user {user_id}")
+
+
+def _b64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__} in a settlement record")
