@@ -1,0 +1,246 @@
+"""The per-process runtime: database pool, writer, and short-lived configuration caches.
+
+One :class:`Runtime` exists per proxy process. It is started lazily inside the
+proxy's event loop (the pool is created with ``open=False`` and opened there).
+A background task refreshes read-mostly configuration every few seconds:
+power levels, ``credits_per_usd`` from ``credit_settings``, recent latency per
+deployment, and the model catalog from LiteLLM's router. The hot path only
+reads these snapshots; it never waits on a refresh. All shared state stays in
+PostgreSQL, so a change made there reaches every replica within
+``config_cache_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from litellm_credits import errors, routing
+from litellm_credits.db import Database
+from litellm_credits.ledger import Ledger
+from litellm_credits.pricing import Price, exact, price_for
+from litellm_credits.settings import Settings, require_database_url
+from litellm_credits.spool import Spool
+from litellm_credits.writer import Writer
+
+log = logging.getLogger("litellm_credits.runtime")
+
+ModelListSource = Callable[[], Iterable[Mapping[str, Any]]]
+
+
+@dataclass
+class Snapshot:
+    """What the hot path reads; replaced whole on every refresh."""
+
+    levels: dict[str, routing.LevelConfig] = field(default_factory=dict)
+    credits_per_usd: Decimal = Decimal("10")
+    latency_ms: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    catalog: dict[str, list[routing.Deployment]] = field(default_factory=dict)
+    loaded_at: float = 0.0
+
+
+def deployment_from_config(
+    entry: Mapping[str, Any], settings: Settings, cost_map: Mapping[str, Mapping[str, Any]]
+) -> routing.Deployment:
+    params = entry.get("litellm_params") or {}
+    info = entry.get("model_info") or {}
+    group = str(entry.get("model_name", ""))
+    model = str(params.get("model", ""))
+    provider = info.get("provider") or params.get("custom_llm_provider") or (
+        model.split("/", 1)[0] if "/" in model else "openai"
+    )
+    quality = info.get("quality_score")
+    return routing.Deployment(
+        id=str(info.get("id") or ""),
+        model_group=group,
+        model=model,
+        provider=settings.provider_name(str(provider)),
+        api_base=params.get("api_base"),
+        quality=settings.default_quality_score if quality is None else exact(quality),
+        price=price_for(params, group, settings.model_prices, cost_map),
+    )
+
+
+def build_catalog(
+    model_list: Iterable[Mapping[str, Any]],
+    settings: Settings,
+    cost_map: Mapping[str, Mapping[str, Any]],
+) -> dict[str, list[routing.Deployment]]:
+    catalog: dict[str, list[routing.Deployment]] = {}
+    for entry in model_list:
+        deployment = deployment_from_config(entry, settings, cost_map)
+        catalog.setdefault(deployment.model_group, []).append(deployment)
+    return catalog
+
+
+def _router_model_list() -> list[Mapping[str, Any]]:
+    from litellm.proxy import proxy_server
+
+    router = getattr(proxy_server, "llm_router", None)
+    return list(getattr(router, "model_list", None) or [])
+
+
+def _cost_map() -> Mapping[str, Mapping[str, Any]]:
+    import litellm
+
+    return litellm.model_cost  # type: ignore[no-any-return]
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model_list: ModelListSource = _router_model_list,
+        cost_map: Callable[[], Mapping[str, Mapping[str, Any]]] = _cost_map,
+    ) -> None:
+        self.settings = settings
+        self.db = Database(
+            require_database_url(settings),
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            timeout=settings.pool_timeout_seconds,
+            statement_timeout_ms=settings.statement_timeout_ms,
+        )
+        self.ledger = Ledger(self.db)
+        self.spool = Spool(settings.spool_dir)
+        self.writer = Writer(
+            self.ledger,
+            self.spool,
+            batch_size=settings.writer_batch_size,
+            flush_seconds=settings.writer_flush_ms / 1000,
+        )
+        self.snapshot = Snapshot(credits_per_usd=settings.credits_per_usd)
+        self._model_list = model_list
+        self._cost_map = cost_map
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self.on_refresh: list[Callable[[Runtime], None]] = []
+        self.on_sweep: list[Callable[[int], None]] = []
+
+    async def ensure_started(self) -> None:
+        if self._started:
+            return
+        async with self._start_lock:
+            if self._started:
+                return
+            await self.db.open(wait=False)
+            self.writer.start()
+            try:
+                await self.refresh()
+            except errors.CreditsError as exc:
+                # The refresher retries; requests meanwhile follow the fail mode.
+                log.warning("credits configuration not loaded yet: %s", exc.message)
+                self.refresh_catalog()
+            self._tasks = [
+                asyncio.create_task(self._refresh_loop(), name="credits-refresh"),
+                asyncio.create_task(self._sweep_loop(), name="credits-hold-sweeper"),
+            ]
+            self._started = True
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self.writer.close()
+        await self.db.close()
+        self._started = False
+
+    # -- configuration snapshots -------------------------------------------------
+
+    def refresh_catalog(self) -> None:
+        catalog = build_catalog(self._model_list(), self.settings, self._cost_map())
+        self.snapshot = Snapshot(
+            levels=self.snapshot.levels,
+            credits_per_usd=self.snapshot.credits_per_usd,
+            latency_ms=self.snapshot.latency_ms,
+            catalog=catalog,
+            loaded_at=self.snapshot.loaded_at,
+        )
+
+    async def refresh(self) -> None:
+        levels_rows = await self.db.fetchall("power_levels")
+        setting_rows = await self.db.fetchall("settings")
+        latency_rows = await self.db.fetchall(
+            "recent_latency", {"window_seconds": self.settings.latency_window_seconds}
+        )
+        aliases = self.settings.provider_aliases
+        values = {r["key"]: r["value"] for r in setting_rows}
+        credits_per_usd = self.settings.credits_per_usd
+        if "credits_per_usd" in values:
+            try:
+                parsed = Decimal(values["credits_per_usd"])
+                if parsed.is_finite() and parsed > 0:
+                    credits_per_usd = parsed
+            except ArithmeticError:
+                log.error("credit_settings.credits_per_usd is not a number; keeping %s",
+                          credits_per_usd)
+        self.snapshot = Snapshot(
+            levels={r["power_level"]: routing.level_from_row(r, aliases) for r in levels_rows},
+            credits_per_usd=credits_per_usd,
+            latency_ms={
+                (r["model_group"] or "", aliases.get(r["provider"] or "", r["provider"] or ""),
+                 r["api_base"] or ""): int(r["latency_ms"])
+                for r in latency_rows
+            },
+            catalog=build_catalog(self._model_list(), self.settings, self._cost_map()),
+            loaded_at=time.monotonic(),
+        )
+        for callback in self.on_refresh:
+            callback(self)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.settings.config_cache_seconds, 0.5))
+            try:
+                await self.refresh()
+            except errors.CreditsError as exc:
+                log.warning("credits configuration refresh failed: %s", exc.message)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            try:
+                expired = await self.ledger.sweep_expired_holds()
+                if expired:
+                    log.warning("released %d expired holds (a proxy died mid-request?)", expired)
+                    for callback in self.on_sweep:
+                        callback(expired)
+            except errors.CreditsError as exc:
+                log.info("hold sweep skipped: %s", exc.message)
+
+    # -- lookups for the hot path ----------------------------------------------------
+
+    def group(self, model_group: str) -> list[routing.Deployment]:
+        deployments = self.snapshot.catalog.get(model_group)
+        if deployments is None:
+            # A deployment added at run time: rebuild once, cheaply, from memory.
+            self.refresh_catalog()
+            deployments = self.snapshot.catalog.get(model_group, [])
+        return deployments
+
+    def price_of(self, model_group: str, deployment_id: str | None) -> Price | None:
+        for d in self.group(model_group):
+            if d.id == deployment_id:
+                return d.price
+        return None
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime(settings_factory: Callable[[], Settings] | None = None) -> Runtime:
+    """The process's runtime, created on first use (not yet started)."""
+    global _runtime
+    if _runtime is None:
+        from litellm_credits import settings as settings_module
+
+        _runtime = Runtime((settings_factory or settings_module.load)())
+    return _runtime

@@ -1,0 +1,217 @@
+"""The background settlement writer.
+
+The hook hands finished requests to :meth:`Writer.submit`, which only puts a
+record on an in-memory queue. A task in the proxy's event loop takes records
+in batches and settles each batch in one transaction through
+``Ledger.settle`` (one usage row + one debit + the hold released, per request).
+
+When the database is unreachable, the batch goes to the durable spool and a
+replay loop retries it once the database answers again (I4). A batch the
+database refuses as invalid is split to find the bad record, so one malformed
+record cannot block the others; the bad record is kept in ``rejected/`` for
+an operator, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from litellm_credits import errors
+from litellm_credits.ledger import Ledger, _json_default
+from litellm_credits.spool import Record, Spool
+
+log = logging.getLogger("litellm_credits.writer")
+
+
+@dataclass
+class WriterStats:
+    settled: int = 0
+    spooled: int = 0
+    replayed: int = 0
+    rejected: int = 0
+    batches: int = 0
+    failures: int = 0
+    last_batch_size: int = 0
+    last_batch_seconds: float = 0.0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+class Writer:
+    def __init__(
+        self,
+        ledger: Ledger,
+        spool: Spool,
+        *,
+        batch_size: int = 500,
+        flush_seconds: float = 0.05,
+        replay_interval: float = 2.0,
+        on_batch: Callable[[list[Record], list[dict[str, Any]], float], None] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.spool = spool
+        self.batch_size = batch_size
+        self.flush_seconds = flush_seconds
+        self.replay_interval = replay_interval
+        self.on_batch = on_batch
+        self.queue: asyncio.Queue[Record] = asyncio.Queue()
+        self.stats = WriterStats()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._spool_dirty = bool(spool.segments())
+        self._closing = False
+
+    # -- surface used by the hook --------------------------------------------------
+
+    def submit(self, record: Record) -> None:
+        if self._closing:
+            # Late events during shutdown still must not be lost.
+            self._to_spool([record])
+            return
+        self.queue.put_nowait(record)
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._run(), name="credits-writer"),
+                asyncio.create_task(self._replay_loop(), name="credits-spool-replay"),
+            ]
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop taking new work, settle or spool what is queued."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        pending = self._drain_queue()
+        if pending:
+            try:
+                await asyncio.wait_for(self._settle(pending), timeout)
+            except (TimeoutError, errors.CreditsError):
+                self._to_spool(pending)
+
+    async def flush(self) -> None:
+        """Settle everything queued now (tests and shutdown)."""
+        batch = self._drain_queue()
+        if batch:
+            await self._settle_or_spool(batch)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _drain_queue(self) -> list[Record]:
+        batch: list[Record] = []
+        while not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        return batch
+
+    async def _next_batch(self) -> list[Record]:
+        batch = [await self.queue.get()]
+        deadline = time.monotonic() + self.flush_seconds
+        while len(batch) < self.batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            await self._settle_or_spool(batch)
+
+    async def _settle_or_spool(self, batch: list[Record]) -> None:
+        try:
+            await self._settle(batch)
+        except errors.DatabaseUnavailable as exc:
+            self.stats.failures += 1
+            log.warning("credits database unavailable, spooling %d records: %s",
+                        len(batch), exc.message)
+            self._to_spool(batch)
+        except errors.InvalidInput:
+            await self._isolate(batch)
+        except errors.CreditsError as exc:
+            # Unknown database trouble: keep the records, retry later.
+            self.stats.failures += 1
+            log.error("settlement failed, spooling %d records: %s", len(batch), exc.message)
+            self._to_spool(batch)
+
+    async def _settle(self, batch: list[Record]) -> None:
+        started = time.perf_counter()
+        results = await self.ledger.settle(batch)
+        elapsed = time.perf_counter() - started
+        self.stats.settled += len(batch)
+        self.stats.batches += 1
+        self.stats.last_batch_size = len(batch)
+        self.stats.last_batch_seconds = elapsed
+        for row in results:
+            self.stats.outcomes[row["outcome"]] = self.stats.outcomes.get(row["outcome"], 0) + 1
+        if self.on_batch is not None:
+            self.on_batch(batch, results, elapsed)
+
+    async def _isolate(self, batch: list[Record]) -> None:
+        """Split a refused batch until the bad records are alone; keep those aside."""
+        if len(batch) == 1:
+            self._reject(batch[0])
+            return
+        middle = len(batch) // 2
+        for half in (batch[:middle], batch[middle:]):
+            try:
+                await self._settle(half)
+            except errors.InvalidInput:
+                await self._isolate(half)
+
+    def _reject(self, record: Record) -> None:
+        self.stats.rejected += 1
+        folder = self.spool.directory / "rejected"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{record.get('request_id', 'unknown')[:64]}.json"
+        path.write_text(json.dumps(record, default=_json_default), "utf-8")
+        log.error("settlement record %s was refused by the database; kept in %s",
+                  record.get("request_id"), path)
+
+    def _to_spool(self, batch: list[Record]) -> None:
+        self.spool.append(batch, _json_default)
+        self.stats.spooled += len(batch)
+        self._spool_dirty = True
+
+    async def replay_now(self) -> int:
+        replayed = await self.spool.replay(self._settle_replayed, self.batch_size)
+        self.stats.replayed += replayed
+        self._spool_dirty = bool(self.spool.segments())
+        return replayed
+
+    async def _settle_replayed(self, batch: list[Record]) -> None:
+        try:
+            await self._settle(batch)
+        except errors.InvalidInput:
+            await self._isolate(batch)
+
+    async def _replay_loop(self) -> None:
+        while True:
+            if self._spool_dirty:
+                try:
+                    replayed = await self.replay_now()
+                    if replayed:
+                        log.warning("replayed %d spooled settlement records", replayed)
+                except errors.CreditsError as exc:
+                    log.info("spool replay waits for the database: %s", exc.message)
+            await asyncio.sleep(self.replay_interval)
+
+
+def default_spool(directory: Path) -> Spool:
+    return Spool(directory)
