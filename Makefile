@@ -100,8 +100,8 @@ verify: install
 
 run: install
 	@url="$$($(DB_URL_CMD))"; \
-	echo "proxy on http://127.0.0.1:$(PROXY_PORT), credits db $$url"; \
-	CREDITS_DATABASE_URL="$$url" exec $(VENV)/bin/litellm --config $(LITELLM_CONFIG) --port $(PROXY_PORT)
+	CREDITS_DATABASE_URL="$$url" LITELLM_CONFIG=$(LITELLM_CONFIG) PROXY_PORT=$(PROXY_PORT) \
+	  exec $(PY) -m devtools.serve
 
 demo: install
 	$(PY) -m devtools.demo
