@@ -131,6 +131,7 @@ class CreditsHandler(CustomLogger):
         self._issued: dict[int, str] = {}  # id(data) -> our request id, for same-dict reruns
         self._fail_open_spent: dict[str, Decimal] = {}
         self._last_seen: dict[str, tuple[Decimal, str, float]] = {}
+        self._pruned_at = 0.0
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -149,7 +150,11 @@ class CreditsHandler(CustomLogger):
         return self._vault
 
     def _prune(self) -> None:
-        cutoff = time.monotonic() - STATE_TTL_SECONDS
+        now = time.monotonic()
+        if now - self._pruned_at < 60:
+            return
+        self._pruned_at = now
+        cutoff = now - STATE_TTL_SECONDS
         for rid in [r for r, s in self._states.items() if s.created < cutoff]:
             del self._states[rid]
         if len(self._issued) > 10_000:
@@ -247,6 +252,7 @@ class CreditsHandler(CustomLogger):
         self._check_reservation(res, ctx["user_id"])
         if res.status != "fail_open":
             metrics.HOLDS.labels("placed").inc()
+            self._fail_open_spent.pop(ctx["user_id"], None)
             self._last_seen[ctx["user_id"]] = (
                 res.available_after, res.power_level, time.monotonic())
 

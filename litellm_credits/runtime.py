@@ -13,6 +13,7 @@ PostgreSQL, so a change made there reaches every replica within
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -88,7 +89,8 @@ def _router_model_list() -> list[Mapping[str, Any]]:
 def _cost_map() -> Mapping[str, Mapping[str, Any]]:
     import litellm
 
-    return litellm.model_cost  # type: ignore[no-any-return]
+    cost_map: Mapping[str, Mapping[str, Any]] = litellm.model_cost
+    return cost_map
 
 
 class Runtime:
@@ -115,6 +117,7 @@ class Runtime:
             batch_size=settings.writer_batch_size,
             flush_seconds=settings.writer_flush_ms / 1000,
         )
+        atexit.register(self.writer.spool_pending)
         self.snapshot = Snapshot(credits_per_usd=settings.credits_per_usd)
         self._model_list = model_list
         self._cost_map = cost_map

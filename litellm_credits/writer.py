@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from litellm_credits import errors
@@ -102,6 +101,17 @@ class Writer:
             except (TimeoutError, errors.CreditsError):
                 self._to_spool(pending)
 
+    def spool_pending(self) -> int:
+        """Write whatever is still queued to the spool, synchronously.
+
+        Registered with ``atexit``: when the proxy shuts down normally its event
+        loop is gone, but queued records of served requests must not be lost.
+        """
+        pending = self._drain_queue()
+        if pending:
+            self._to_spool(pending)
+        return len(pending)
+
     async def flush(self) -> None:
         """Settle everything queued now (tests and shutdown)."""
         batch = self._drain_queue()
@@ -141,14 +151,25 @@ class Writer:
             self.stats.failures += 1
             log.warning("credits database unavailable, spooling %d records: %s",
                         len(batch), exc.message)
-            self._to_spool(batch)
+            await self._spool_or_hold(batch)
         except errors.InvalidInput:
             await self._isolate(batch)
         except errors.CreditsError as exc:
             # Unknown database trouble: keep the records, retry later.
             self.stats.failures += 1
             log.error("settlement failed, spooling %d records: %s", len(batch), exc.message)
+            await self._spool_or_hold(batch)
+
+    async def _spool_or_hold(self, batch: list[Record]) -> None:
+        """Spool a batch; if even the disk refuses, keep it queued and slow down."""
+        try:
             self._to_spool(batch)
+        except OSError as exc:
+            log.critical("cannot write the settlement spool in %s (%s); keeping %d records "
+                         "in memory", self.spool.directory, exc.strerror, len(batch))
+            for record in batch:
+                self.queue.put_nowait(record)
+            await asyncio.sleep(1.0)
 
     async def _settle(self, batch: list[Record]) -> None:
         started = time.perf_counter()
@@ -211,7 +232,3 @@ class Writer:
                 except errors.CreditsError as exc:
                     log.info("spool replay waits for the database: %s", exc.message)
             await asyncio.sleep(self.replay_interval)
-
-
-def default_spool(directory: Path) -> Spool:
-    return Spool(directory)
