@@ -106,6 +106,8 @@ def translate(exc: BaseException) -> errors.CreditsError:
         if isinstance(exc, psycopg.DataError):
             return errors.InvalidInput(f"a value was refused: {message}")
         return errors.CreditsError(f"database error {sqlstate}: {message}")
+    if isinstance(exc, UnicodeEncodeError):
+        return errors.InvalidInput("a text value is not valid Unicode (a lone surrogate?)")
     if isinstance(exc, ValueError) and "NUL" in str(exc):
         # psycopg refuses NUL bytes in text before anything reaches the server.
         return errors.InvalidInput("a text value contains a NUL byte")
@@ -117,6 +119,8 @@ async def translating() -> AsyncIterator[None]:
     try:
         yield
     except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        raise translate(exc) from None
+    except UnicodeEncodeError as exc:
         raise translate(exc) from None
     except ValueError as exc:
         if "NUL" in str(exc):
@@ -162,7 +166,9 @@ class Database:
         )
 
     async def open(self, wait: bool = False) -> None:
-        await self.pool.open(wait=wait)
+        """Open the pool; with ``wait``, fail within the pool timeout if nothing answers."""
+        async with translating():
+            await self.pool.open(wait=wait, timeout=self.pool.timeout)
 
     async def close(self) -> None:
         await self.pool.close()

@@ -55,13 +55,24 @@ def parse_amount(value: Any, *, allow_zero: bool = False) -> Decimal:
     return amount
 
 
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_user_id(user_id: Any) -> str:
     if not isinstance(user_id, str) or not user_id:
         raise errors.InvalidUserId("user id is empty; pass the LiteLLM user id")
     if len(user_id) > 255:
         raise errors.InvalidUserId(f"user id is {len(user_id)} characters long; the limit is 255")
-    if any(ord(c) < 32 or ord(c) == 127 for c in user_id):
+    # The same set as SQL's [[:cntrl:]]: C0, DEL and C1.
+    if any(ord(c) < 32 or 127 <= ord(c) <= 159 for c in user_id):
         raise errors.InvalidUserId("user id contains control characters")
+    if not _encodable(user_id):
+        raise errors.InvalidUserId("user id is not valid Unicode")
     return user_id
 
 
@@ -78,6 +89,8 @@ def check_text(what: str, value: str | None, limit: int) -> str | None:
         return None
     if "\x00" in value:
         raise errors.InvalidInput(f"{what} contains a NUL byte")
+    if not _encodable(value):
+        raise errors.InvalidInput(f"{what} is not valid Unicode")
     if len(value) > limit:
         raise errors.InvalidInput(f"{what} is {len(value)} characters long; the limit is {limit}")
     return value
@@ -240,6 +253,9 @@ class Ledger:
         idempotency_key: str | None = None,
     ) -> TxResult:
         """An admin grant (positive) or correction (negative), written as admin_adjustment."""
+        if isinstance(amount, bool | float):
+            raise errors.InvalidAmount(
+                f"amount {amount!r} must be given as a string or integer so it stays exact")
         text = str(amount).strip()
         negative = text.startswith("-")
         value = parse_amount(text[1:] if negative else text)

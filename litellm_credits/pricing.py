@@ -13,6 +13,8 @@ binary approximation.
 
 from __future__ import annotations
 
+import decimal
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -88,14 +90,22 @@ def price_for(
     return None
 
 
+def _exact_context() -> decimal.Context:
+    # Products of a few 28-digit factors are exact at 100 digits, so the only
+    # rounding is the final quantize (no double rounding).
+    return decimal.Context(prec=100, rounding=ROUND_HALF_EVEN)
+
+
 def to_credits(usd: Decimal, credits_per_usd: Decimal, multiplier: Decimal) -> Decimal:
     """Credits charged = provider cost in USD x credits_per_usd x the level's multiplier."""
-    return (usd * credits_per_usd * multiplier).quantize(CREDIT_PLACES, rounding=ROUND_HALF_EVEN)
+    with decimal.localcontext(_exact_context()):
+        return (usd * credits_per_usd * multiplier).quantize(CREDIT_PLACES)
 
 
 def byok_fee(full_credits: Decimal, fee_percent: Decimal) -> Decimal:
     """What a BYOK request pays: a percentage of what it would have cost."""
-    return (full_credits * fee_percent / 100).quantize(CREDIT_PLACES, rounding=ROUND_HALF_EVEN)
+    with decimal.localcontext(_exact_context()):
+        return (full_credits * fee_percent / 100).quantize(CREDIT_PLACES)
 
 
 def estimate_prompt_tokens(messages: Any) -> int:
@@ -121,6 +131,9 @@ def estimate_prompt_tokens(messages: Any) -> int:
                     text = part.get("text") if isinstance(part, Mapping) else None
                     total += (len(text.encode("utf-8")) // 2 if isinstance(text, str) else 800)
                 total += 8
+            if message.get("tool_calls") or message.get("function_call"):
+                calls = message.get("tool_calls") or message.get("function_call")
+                total += len(json.dumps(calls, default=str).encode("utf-8")) // 2
         else:
             total += 8
     return total

@@ -104,6 +104,20 @@ BEGIN
 END;
 $$;
 
+-- An idempotency key belongs to the account that first used it: a repeat from
+-- another account is refused rather than answered with someone else's row.
+CREATE FUNCTION credits_check_key_owner(p_type TEXT, p_key TEXT, p_user_id TEXT) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM credit_transactions t
+                WHERE t.transaction_type = p_type AND t.idempotency_key = p_key
+                  AND t.user_id <> p_user_id) THEN
+        RAISE EXCEPTION 'the % key % was already used by another account', p_type, p_key
+            USING ERRCODE = 'CR006';
+    END IF;
+END;
+$$;
+
 -- add_user_credits ----------------------------------------------------------
 -- Credits an account, creating it on first use. Idempotent on p_payment_id:
 -- a repeat returns the original transaction and moves nothing.
@@ -142,6 +156,7 @@ BEGIN
     v_before := credits_lock_account(p_user_id, TRUE);
 
     IF p_payment_id IS NOT NULL THEN
+        PERFORM credits_check_key_owner(p_type, p_payment_id, p_user_id);
         SELECT t.id INTO v_id FROM credit_transactions t
          WHERE t.transaction_type = p_type AND t.idempotency_key = p_payment_id;
         IF FOUND THEN
@@ -196,6 +211,7 @@ DECLARE
     v_before NUMERIC;
     v_take NUMERIC;
     v_id BIGINT;
+    v_month DATE := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
 BEGIN
     PERFORM credits_check_user_id(p_user_id);
     PERFORM credits_check_amount(p_amount);
@@ -213,6 +229,7 @@ BEGIN
     v_before := credits_lock_account(p_user_id, FALSE);
 
     IF p_request_id IS NOT NULL THEN
+        PERFORM credits_check_key_owner(p_type, p_request_id, p_user_id);
         SELECT t.id INTO v_id FROM credit_transactions t
          WHERE t.transaction_type = p_type AND t.idempotency_key = p_request_id;
         IF FOUND THEN
@@ -243,9 +260,16 @@ BEGIN
         p_amount - v_take, p_description, coalesce(p_metadata, '{}'::jsonb), p_created_by)
     RETURNING id INTO v_id;
 
-    UPDATE user_credits SET balance = v_before - v_take WHERE user_id = p_user_id;
     IF p_type = 'usage' THEN
+        UPDATE user_credits u
+           SET balance = v_before - v_take,
+               monthly_usage = CASE WHEN u.quota_period_start = v_month
+                                    THEN u.monthly_usage + p_amount ELSE p_amount END,
+               quota_period_start = v_month
+         WHERE u.user_id = p_user_id;
         DELETE FROM credit_holds WHERE request_id = p_request_id;
+    ELSE
+        UPDATE user_credits SET balance = v_before - v_take WHERE user_id = p_user_id;
     END IF;
     RETURN QUERY SELECT TRUE, v_before - v_take, v_id;
 END;
@@ -347,6 +371,9 @@ BEGIN
     v_used := CASE WHEN v_acc.quota_period_start = date_trunc('month', now() AT TIME ZONE 'UTC')::date
                    THEN v_acc.monthly_usage ELSE 0 END;
 
+    -- An expired hold no longer protects anything: place it again as new.
+    DELETE FROM credit_holds h WHERE h.request_id = p_request_id AND h.expires_at <= now()
+       AND h.user_id = p_user_id;
     SELECT * INTO v_existing FROM credit_holds h WHERE h.request_id = p_request_id;
     IF FOUND THEN
         IF v_existing.user_id <> p_user_id THEN

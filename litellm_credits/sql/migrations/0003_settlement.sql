@@ -26,6 +26,20 @@ BEGIN
         RAISE EXCEPTION 'settle_usage expects a JSON array' USING ERRCODE = 'CR006';
     END IF;
 
+    -- Refuse the whole batch on one malformed record (the writer isolates it):
+    -- a NaN would otherwise pass "credits_charged >= 0" and poison a balance.
+    IF EXISTS (
+        SELECT 1 FROM jsonb_to_recordset(p_records)
+                      AS r(request_id TEXT, user_id TEXT, credits_charged NUMERIC)
+         WHERE r.request_id IS NULL OR length(r.request_id) NOT BETWEEN 1 AND 255
+            OR r.user_id IS NULL OR length(r.user_id) NOT BETWEEN 1 AND 255
+            OR r.user_id ~ '[[:cntrl:]]'
+            OR NOT (coalesce(r.credits_charged, 0) BETWEEN 0 AND 1000000000)
+            OR coalesce(r.credits_charged, 0) <> round(coalesce(r.credits_charged, 0), 8)) THEN
+        RAISE EXCEPTION 'settle_usage: a record has a bad request id, user id or charge'
+            USING ERRCODE = 'CR001';
+    END IF;
+
     -- A served request is always billed, so make sure the account row exists,
     -- then lock every account of the batch in user_id order.
     INSERT INTO user_credits (user_id)
