@@ -36,7 +36,7 @@ from typing import Any
 from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
 
-from litellm_credits import errors, identity, metrics, pricing, routing
+from litellm_credits import errors, identity, metrics, pricing, routing, settings
 from litellm_credits.ledger import Reservation, money
 from litellm_credits.runtime import Runtime, get_runtime
 from litellm_credits.settlement import (
@@ -533,6 +533,8 @@ class CreditsHandler(CustomLogger):
 
 def _mount_api() -> None:
     """Serve /credits on the proxy's own app when the callback is loaded by a proxy."""
+    if not settings.load().mount_api:
+        return
     try:
         from litellm.proxy import proxy_server
     except ImportError:  # the package is used without the proxy (CLI, tests)

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from litellm_credits.errors import ConfigError
+from litellm_credits.errors import ConfigError, InvalidInput
 
 POWER_LEVELS = ("eco", "balanced", "precision")
 
@@ -100,7 +100,7 @@ class Settings:
             return self.tiers[name]
         except KeyError:
             known = ", ".join(sorted(self.tiers))
-            raise ConfigError(f"unknown tier {name!r}; configured tiers: {known}") from None
+            raise InvalidInput(f"unknown tier {name!r}; configured tiers: {known}") from None
 
 
 def _int(raw: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
