@@ -232,8 +232,28 @@ def mount(app: FastAPI) -> None:
         setattr(app.state, _MOUNTED, True)
         return
     app.include_router(router)
+    allow_for_virtual_keys()
     setattr(app.state, _MOUNTED, True)
     app.openapi_schema = None  # rebuilt with our paths on the next /openapi.json
+
+
+SELF_MANAGED_PATTERN = "/credits/*"
+
+
+def allow_for_virtual_keys() -> None:
+    """Let non-admin virtual keys reach /credits.
+
+    LiteLLM refuses routes it does not know to non-admin keys stored in its
+    database (``RouteChecks.non_proxy_admin_allowed_routes_check``) unless the
+    route is "self-managed": one whose handler checks access itself. Every
+    /credits handler does (users see only their own data, /admin needs a
+    proxy admin), so the routes are registered there.
+    """
+    from litellm.proxy._types import LiteLLMRoutes
+
+    routes = LiteLLMRoutes.self_managed_routes.value
+    if SELF_MANAGED_PATTERN not in routes:
+        routes.append(SELF_MANAGED_PATTERN)
 
 
 # --- who is asking, and for whom ----------------------------------------------------
