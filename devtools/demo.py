@@ -70,8 +70,8 @@ def proxy_config(upstreams: UpstreamGroup) -> dict[str, Any]:
         provider = params["model"].split("/", 1)[0]
         server = upstreams[provider]
         params["api_base"] = server.root_url if provider == "anthropic" else server.base_url
-    config["general_settings"] = {"master_key": MASTER,
-                                  "custom_auth": "devtools.proxy.custom_auth"}
+    config["general_settings"].update({"master_key": MASTER,
+                                       "custom_auth": "devtools.proxy.custom_auth"})
     return config
 
 

@@ -169,7 +169,9 @@ def build_proxy_config(
                 raise KeyError(f"model group {group!r}: no upstream named {spec.provider!r}")
             model_list.append(_deployment(group, spec, _root(upstreams[spec.provider])))
 
-    general: dict[str, Any] = {"master_key": master_key}
+    # always_include_stream_usage: bill streams on the provider's own usage (see
+    # litellm_config.yaml).
+    general: dict[str, Any] = {"master_key": master_key, "always_include_stream_usage": True}
     if use_custom_auth:
         general["custom_auth"] = CUSTOM_AUTH_PATH
     general.update(general_settings or {})

@@ -229,7 +229,10 @@ class CreditsHandler(CustomLogger):
                 f"metadata.power_level {str(requested)[:40]!r} is not eco, balanced or precision")
 
         snapshot = rt.snapshot
-        prompt_tokens = pricing.estimate_prompt_tokens(data.get("messages") or data.get("input"))
+        prompt_tokens = pricing.estimate_prompt_tokens(
+            data.get("messages") or data.get("input") or data.get("prompt"))
+        if data.get("system"):  # Anthropic-style /v1/messages
+            prompt_tokens += pricing.estimate_prompt_tokens(data.get("system"))
         usd = max(
             d.price.usd(prompt_tokens,
                         pricing.completion_budget(data, d.price, rt.settings.default_max_tokens))

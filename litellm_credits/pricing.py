@@ -122,7 +122,9 @@ def estimate_prompt_tokens(messages: Any) -> int:
         return 8
     total = 8
     for message in messages:
-        if isinstance(message, Mapping):
+        if isinstance(message, str):
+            total += len(message.encode("utf-8")) // 2 + 8
+        elif isinstance(message, Mapping):
             content = message.get("content")
             if isinstance(content, str):
                 total += len(content.encode("utf-8")) // 2 + 8
@@ -134,8 +136,10 @@ def estimate_prompt_tokens(messages: Any) -> int:
             if message.get("tool_calls") or message.get("function_call"):
                 calls = message.get("tool_calls") or message.get("function_call")
                 total += len(json.dumps(calls, default=str).encode("utf-8")) // 2
+        elif isinstance(message, int):
+            total += 1  # a token id (completions prompt given as ids)
         else:
-            total += 8
+            total += len(message) + 8 if isinstance(message, Sequence) else 8
     return total
 
 

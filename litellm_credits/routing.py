@@ -5,7 +5,8 @@ preferred providers in order, a minimum quality score and a maximum latency.
 A deployment's provider is ``model_info.provider`` when the LiteLLM config
 sets it, else LiteLLM's own provider for the model; its quality score is
 ``model_info.quality_score`` (0..1), else ``default_quality_score``; its
-latency is the mean over the recent window from the usage log.
+latency is the mean over the recent window from the usage log, per deployment
+(``model_info.id``).
 
 The rule, in order, stopping at the first step that leaves any deployment:
   1. preferred provider, quality >= minimum, latency <= maximum;
@@ -49,8 +50,8 @@ class Deployment:
     price: Price | None
 
     @property
-    def latency_key(self) -> tuple[str, str, str]:
-        return (self.model_group, self.provider, self.api_base or "")
+    def latency_key(self) -> tuple[str, str]:
+        return (self.model_group, self.id)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def _order(level: LevelConfig, d: Deployment) -> tuple[int, Decimal, Decimal]:
 def choose(
     deployments: Iterable[Deployment],
     level: LevelConfig,
-    latency_ms: Mapping[tuple[str, str, str], int],
+    latency_ms: Mapping[tuple[str, str], int],
 ) -> Route:
     """Order a model group's (priced) deployments for a level, by the module's rule."""
     pool = list(deployments)

@@ -40,7 +40,7 @@ class Snapshot:
 
     levels: dict[str, routing.LevelConfig] = field(default_factory=dict)
     credits_per_usd: Decimal = Decimal("10")
-    latency_ms: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    latency_ms: dict[tuple[str, str], int] = field(default_factory=dict)
     catalog: dict[str, list[routing.Deployment]] = field(default_factory=dict)
     loaded_at: float = 0.0
 
@@ -189,9 +189,8 @@ class Runtime:
             levels={r["power_level"]: routing.level_from_row(r, aliases) for r in levels_rows},
             credits_per_usd=credits_per_usd,
             latency_ms={
-                (r["model_group"] or "", aliases.get(r["provider"] or "", r["provider"] or ""),
-                 r["api_base"] or ""): int(r["latency_ms"])
-                for r in latency_rows
+                (r["model_group"], r["deployment_id"]): int(r["latency_ms"])
+                for r in latency_rows if r["deployment_id"]
             },
             catalog=build_catalog(self._model_list(), self.settings, self._cost_map()),
             loaded_at=time.monotonic(),

@@ -124,12 +124,13 @@ ON CONFLICT (key) DO UPDATE
    SET value = EXCLUDED.value, updated_by = EXCLUDED.updated_by, updated_at = now();
 
 -- name: recent_latency
--- Mean latency of successful requests per deployment over the recent window.
-SELECT model_group, provider, api_base, avg(latency_ms)::integer AS latency_ms, count(*) AS n
+-- Mean latency of successful requests per deployment (model_info.id) over the recent window.
+SELECT model_group, response_metadata->>'deployment_id' AS deployment_id,
+       avg(latency_ms)::integer AS latency_ms, count(*) AS n
   FROM llm_usage_log
  WHERE created_at > now() - make_interval(secs => %(window_seconds)s)
-   AND success AND latency_ms IS NOT NULL
- GROUP BY 1, 2, 3;
+   AND success AND latency_ms IS NOT NULL AND model_group IS NOT NULL
+ GROUP BY 1, 2;
 
 -- name: packages_active
 SELECT id, name, description, credits, price_usd, discount_percentage, badge, sort_order

@@ -175,8 +175,8 @@ def test_refusals_are_one_clear_line(db_url: str, tiers_config: Path) -> None:
         "error: user id is empty; pass the LiteLLM user id")
     assert "255" in refused("balance", "u" * 256, url=db_url)
     assert "255" in refused("usage", "--user", "u" * 256, url=db_url)
-    # An unknown tier is a configuration problem: exit 2, naming the configured tiers.
-    line = refused("set-tier", "dora", "platinum", url=db_url, config=tiers_config, code=2)
+    # An unknown tier is bad input like a bad level: exit 1, naming the configured tiers.
+    line = refused("set-tier", "dora", "platinum", url=db_url, config=tiers_config, code=1)
     assert line == "error: unknown tier 'platinum'; configured tiers: free, pro"
     assert state(db_url) == before
 

@@ -249,8 +249,10 @@ def test_estimate_prompt_tokens_shapes() -> None:
     assert estimate_prompt_tokens([{"role": "user", "content": "x" * 40}]) == 8 + 20 + 8
     parts = [{"type": "text", "text": "y" * 10}, {"type": "image_url", "image_url": {}}]
     assert estimate_prompt_tokens([{"role": "user", "content": parts}]) == 8 + 5 + 800 + 8
-    # A message without text content adds nothing; a non-mapping adds the per-message 8.
-    assert estimate_prompt_tokens([{"role": "assistant", "content": None}, "odd"]) == 8 + 8
+    # A message without text content adds nothing; a plain string counts as text (a
+    # completions prompt given as a list of strings); a token id counts as one token.
+    assert estimate_prompt_tokens([{"role": "assistant", "content": None}, "odd"]) == 8 + 1 + 8
+    assert estimate_prompt_tokens([101, 102, 103]) == 8 + 3
     assert estimate_prompt_tokens(None) == 8
     assert estimate_prompt_tokens("é" * 10) == 10 + 8  # counted in UTF-8 bytes
 

@@ -69,11 +69,11 @@ def test_latency_filter_and_unknown_latency_counts_as_fast() -> None:
     assert (route.ids, route.rule) == (["fast", "new"], "preferred")
 
 
-def test_latency_is_keyed_by_group_provider_and_api_base() -> None:
+def test_latency_is_keyed_by_group_and_deployment_id() -> None:
     a = dep("a", "openai", "0.9", api_base="https://x", group="g1")
-    assert a.latency_key == ("g1", "openai", "https://x")
-    assert dep("b", "openai", "0.9").latency_key == ("chat", "openai", "")
-    other_group = {("g2", "openai", "https://x"): 99999}
+    assert a.latency_key == ("g1", "a")
+    assert dep("b", "openai", "0.9").latency_key == ("chat", "b")
+    other_group = {("g2", "a"): 99999}
     assert choose([a], BALANCED, other_group).rule == "preferred"
 
 
