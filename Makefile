@@ -36,13 +36,13 @@ LITELLM_CONFIG ?= litellm_config.yaml
 # `python -m devtools.pg --help`): an explicit URL wins, else the dev cluster.
 DB_URL_CMD := $(PY) -m devtools.pg database-url --dir $(DEV_PG_DIR) --port $(DEV_PG_PORT) --db $(DEV_DB)
 
-.PHONY: help install postgres test lint typecheck check migrate verify run demo bench \
+.PHONY: help install postgres browser test lint typecheck check migrate verify run demo bench \
         dev-db dev-db-stop clean
 
 help:
 	@sed -n '1,15s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
-install: $(STAMP) postgres
+install: $(STAMP) postgres browser
 
 # Re-runs only when the dependency declarations change.
 $(STAMP): pyproject.toml constraints.txt
@@ -51,7 +51,7 @@ $(STAMP): pyproject.toml constraints.txt
 	  echo "creating $(VENV) with $(PYTHON_BOOT)"; \
 	  $(PYTHON_BOOT) -m venv $(VENV); \
 	fi
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,bench]'
 	@touch $@
 
 # PostgreSQL server binaries are needed by the test harness and the dev cluster.
@@ -77,6 +77,19 @@ postgres:
 	  echo "  Debian/Ubuntu: sudo apt-get install -y postgresql" >&2; \
 	  echo "  elsewhere: install PostgreSQL >= 13 and set PG_BINDIR to the directory with initdb" >&2; \
 	  exit 1; \
+	fi
+
+# Debian's Chromium for the credits-page browser test (Playwright drives it; it never
+# downloads a browser of its own). Without root/apt the test skips and says why.
+browser:
+	@if command -v chromium >/dev/null || [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium for the browser test"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq; $(APT_GET) install chromium >/dev/null; \
+	else \
+	  echo "note: chromium is missing; the browser test will be skipped" \
+	       "(Debian: sudo apt-get install -y chromium)" >&2; \
 	fi
 
 test: install

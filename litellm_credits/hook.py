@@ -38,7 +38,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from litellm_credits import errors, identity, metrics, pricing, routing, settings
 from litellm_credits.ledger import Reservation, money
-from litellm_credits.runtime import Runtime, get_runtime
+from litellm_credits.runtime import Runtime, get_runtime, on_create
 from litellm_credits.settlement import (
     app_and_session,
     cached_tokens_of,
@@ -125,6 +125,7 @@ class CreditsHandler(CustomLogger):
     def __init__(self, runtime: Runtime | None = None, vault: Vault | None = None) -> None:
         super().__init__()
         self._runtime = runtime
+        self._installed = False
         self._vault = vault
         self._vault_loaded = vault is not None
         self._states: dict[str, _RequestState] = {}
@@ -139,6 +140,9 @@ class CreditsHandler(CustomLogger):
     def runtime(self) -> Runtime:
         if self._runtime is None:
             self._runtime = get_runtime()
+        if not self._installed:
+            _observe(self._runtime)  # idempotent; covers a runtime given to the constructor
+            self._installed = True
         return self._runtime
 
     def vault(self) -> Vault:
@@ -534,6 +538,14 @@ class CreditsHandler(CustomLogger):
         return {"x-credits-remaining": str(ctx["available_after"])}
 
 
+def _observe(runtime: Runtime) -> None:
+    """Metrics and low-balance alerts follow from what the runtime writes."""
+    from litellm_credits import alerts, monitoring
+
+    monitoring.install(runtime)
+    alerts.install(runtime)
+
+
 def _mount_api() -> None:
     """Serve /credits on the proxy's own app when the callback is loaded by a proxy."""
     if not settings.load().mount_api:
@@ -542,12 +554,15 @@ def _mount_api() -> None:
         from litellm.proxy import proxy_server
     except ImportError:  # the package is used without the proxy (CLI, tests)
         return
-    from litellm_credits import api
+    from litellm_credits import api, monitoring, ui
 
     app = getattr(proxy_server, "app", None)
     if app is not None:
         api.mount(app)
+        monitoring.mount(app)
+        ui.mount(app)
 
 
 handler = CreditsHandler()
+on_create(_observe)
 _mount_api()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -178,9 +178,19 @@ def _jsonb(value: dict[str, Any] | None) -> Jsonb | None:
     return None if value is None else Jsonb(value)
 
 
+LedgerObserver = Callable[[str, dict[str, Any]], None]
+
+
 class Ledger:
+    """Money movements. Observers (metrics) hear about each one after it is written."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.observers: list[LedgerObserver] = []
+
+    def _notify(self, event: str, **fields: Any) -> None:
+        for observer in self.observers:
+            observer(event, fields)
 
     async def add_credits(
         self,
@@ -217,7 +227,9 @@ class Ledger:
                 "stripe_event_id": check_text("event id", stripe_event_id, 255),
             },
         )
-        return _tx(row)
+        result = _tx(row)
+        self._notify("added", type=type, amount=amount, amount_usd=amount_usd, result=result)
+        return result
 
     async def debit(
         self,
@@ -246,7 +258,9 @@ class Ledger:
                 "metadata": _jsonb(metadata),
             },
         )
-        return _tx(row)
+        result = _tx(row)
+        self._notify("debited", type=type, amount=amount, result=result)
+        return result
 
     async def adjust(
         self, user_id: str, amount: Any, *, created_by: str, description: str | None = None,
@@ -289,7 +303,9 @@ class Ledger:
             },
         )
         assert row is not None
-        return _tx(row), row["refunded"]
+        result, refunded = _tx(row), row["refunded"]
+        self._notify("refunded", amount=refunded, amount_usd=amount_usd, result=result)
+        return result, refunded
 
     async def account(self, user_id: str) -> Account:
         row = await self.db.fetchone("account", {"user_id": check_user_id(user_id)})
@@ -364,7 +380,10 @@ class Ledger:
 
     async def release(self, request_id: str) -> bool:
         row = await self.db.fetchone("release_hold", {"request_id": request_id})
-        return bool(row and row["released"])
+        released = bool(row and row["released"])
+        if released:
+            self._notify("released", request_id=request_id)
+        return released
 
     async def sweep_expired_holds(self) -> int:
         row = await self.db.fetchone("sweep_expired_holds")

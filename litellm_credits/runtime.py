@@ -236,6 +236,16 @@ class Runtime:
 
 
 _runtime: Runtime | None = None
+# Called with the process's runtime when it is created (metrics, alerts), so
+# that every surface using it (hook, API) is observed from the first write.
+_on_create: list[Callable[[Runtime], None]] = []
+
+
+def on_create(callback: Callable[[Runtime], None]) -> None:
+    if callback not in _on_create:
+        _on_create.append(callback)
+        if _runtime is not None:
+            callback(_runtime)
 
 
 def get_runtime(settings_factory: Callable[[], Settings] | None = None) -> Runtime:
@@ -245,4 +255,6 @@ def get_runtime(settings_factory: Callable[[], Settings] | None = None) -> Runti
         from litellm_credits import settings as settings_module
 
         _runtime = Runtime((settings_factory or settings_module.load)())
+        for callback in _on_create:
+            callback(_runtime)
     return _runtime

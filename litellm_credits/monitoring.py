@@ -1,0 +1,431 @@
+"""Prometheus metrics on the proxy: ``GET /credits/metrics``, and the wiring that feeds them.
+
+Why a route of our own and not LiteLLM's ``/metrics``: LiteLLM's endpoint
+serves prometheus_client's global registry and exists only when LiteLLM's own
+(enterprise) Prometheus callback is enabled. Our metrics live in a private
+registry (:data:`litellm_credits.metrics.REGISTRY`), so nothing of ours
+collides with LiteLLM's names or depends on its licence tier, and the route is
+always there once the callback is loaded.
+
+**Authentication.** The route uses LiteLLM's own key auth, like the rest of
+``/credits``, and answers only ``proxy_admin`` and ``proxy_admin_viewer``
+keys (403 otherwise). The metrics carry no user ids, but they do carry
+revenue and traffic, which are an operator's business. Give Prometheus a
+``proxy_admin_viewer`` key (read-only) as a bearer token; see
+``docs/monitoring.md``.
+
+**What is per process and what is global.** Counters and histograms count what
+*this* proxy process did, as Prometheus expects (``sum(rate(...))`` across
+replicas). The gauges read from the database on a timer (users below their
+threshold, holds in flight, alerts waiting) describe the whole deployment and
+are the same on every replica: aggregate them with ``max()``, not ``sum()``.
+
+:func:`install` registers the callbacks that feed the metrics:
+
+* the writer's ``on_batch`` (batch size and latency, settlement outcomes,
+  credits debited by power level, holds settled or released),
+* ``runtime.on_sweep`` (holds expired),
+* ``runtime.on_refresh`` (writer and spool counters and the database gauges,
+  refreshed every :data:`DB_REFRESH_SECONDS` in a background task),
+* an observer of the runtime's ledger that counts credits granted by type,
+  purchase revenue, refunds and admin debits as they are written, and holds
+  the hook releases itself.
+
+Every callback catches its own errors: monitoring must never break settlement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+
+from litellm_credits import errors, metrics
+from litellm_credits.alerts import chain_on_batch, tier_thresholds
+from litellm_credits.runtime import Runtime, get_runtime
+
+__all__ = ["Monitor", "install", "monitor_of", "mount", "render"]
+
+log = logging.getLogger("litellm_credits.monitoring")
+
+METRICS_PATH = "/credits/metrics"
+#: How often the database-wide gauges are refreshed (per process); the environment
+#: variable CREDITS_METRICS_REFRESH_SECONDS overrides it (read by :func:`install`).
+DB_REFRESH_SECONDS = 15.0
+REFRESH_ENV = "CREDITS_METRICS_REFRESH_SECONDS"
+#: The spool directory is re-read at most this often.
+SPOOL_REFRESH_SECONDS = 2.0
+ADMIN_ROLES = frozenset({"proxy_admin", "proxy_admin_viewer"})
+
+_ATTR = "_credits_monitor"
+_MOUNTED = "litellm_credits_metrics_mounted"
+
+R = metrics.REGISTRY
+
+# --- metrics of this module (the plugin's core ones are in litellm_credits.metrics) ---------
+
+SETTLEMENTS = Counter(
+    "credits_settlements_total",
+    "Settlement records written by this process's writer, by outcome "
+    "(debited, failure_logged, duplicate)",
+    ["outcome"], registry=R,
+)
+TAKEN_BACK = Counter(
+    "credits_taken_back_total",
+    "Credits taken out of accounts other than by usage, through this process, by type "
+    "(refund, admin_adjustment)",
+    ["type"], registry=R,
+)
+REFUNDS_USD = Counter(
+    "credits_refunds_usd_total", "Money refunded on purchases through this process (USD)",
+    registry=R,
+)
+WRITER_SPOOLED = Counter(
+    "credits_writer_spooled_total",
+    "Settlement records this process put in the durable spool (database unavailable)",
+    registry=R,
+)
+WRITER_REPLAYED = Counter(
+    "credits_writer_replayed_total", "Spooled settlement records replayed into the database",
+    registry=R,
+)
+WRITER_REJECTED = Counter(
+    "credits_writer_rejected_total",
+    "Settlement records the database refused as invalid (kept in spool/rejected/)",
+    registry=R,
+)
+WRITER_LAST_BATCH = Gauge(
+    "credits_writer_last_batch_timestamp_seconds",
+    "Unix time of the last batch this process settled", registry=R,
+)
+SPOOL_OLDEST = Gauge(
+    "credits_spool_oldest_seconds",
+    "Age of the oldest segment in the durable spool (0 when empty)", registry=R,
+)
+USERS_AT_ZERO = Gauge(
+    "credits_users_at_zero_balance",
+    "Accounts with a balance of zero or less (database-wide; aggregate with max)", registry=R,
+)
+USERS_ALERTED = Gauge(
+    "credits_users_alerted",
+    "Accounts in a low-balance alert episode (database-wide; aggregate with max)", registry=R,
+)
+HOLDS_IN_DB = Gauge(
+    "credits_holds_in_db",
+    "Hold rows in the database by state: active, or expired and not yet swept "
+    "(database-wide; aggregate with max)",
+    ["state"], registry=R,
+)
+ALERTS_PENDING = Gauge(
+    "credits_alerts_pending",
+    "Low-balance alerts waiting for delivery (database-wide; aggregate with max)", registry=R,
+)
+ALERTS_OLDEST = Gauge(
+    "credits_alerts_oldest_pending_seconds",
+    "Age of the oldest alert waiting for delivery (database-wide)", registry=R,
+)
+DB_UP = Gauge(
+    "credits_monitoring_db_up",
+    "1 when the last monitoring query reached the credits database, else 0", registry=R,
+)
+DB_REFRESHED = Gauge(
+    "credits_monitoring_db_refresh_timestamp_seconds",
+    "Unix time the database-wide gauges were last refreshed", registry=R,
+)
+
+
+def _float(value: Any) -> float:
+    """Money for Prometheus (a float by nature); the ledger itself stays Decimal."""
+    try:
+        return float(Decimal(str(value)))
+    except (ArithmeticError, ValueError):
+        return 0.0
+
+
+class Monitor:
+    """Feeds the metrics for one :class:`Runtime`."""
+
+    def __init__(self, runtime: Runtime, *, db_refresh_seconds: float | None = None) -> None:
+        self.runtime = runtime
+        self.db_refresh_seconds = (
+            _refresh_seconds_from_env() if db_refresh_seconds is None else db_refresh_seconds)
+        self._stats_seen: dict[str, int] = {}
+        self._spool_checked = 0.0
+        self._db_task: asyncio.Task[None] | None = None
+        self._db_refreshed = 0.0
+        # Transactions already counted, so an idempotent replay is not counted twice.
+        self._counted: OrderedDict[int, None] = OrderedDict()
+
+    # -- the writer ------------------------------------------------------------------
+
+    def on_batch(self, batch: list[dict[str, Any]], results: list[dict[str, Any]],
+                 elapsed: float) -> None:
+        try:
+            metrics.WRITER_BATCH_SIZE.observe(len(batch))
+            metrics.WRITER_BATCH_SECONDS.observe(elapsed)
+            WRITER_LAST_BATCH.set(time.time())
+            records = {str(r.get("request_id")): r for r in batch}
+            for result in results:
+                outcome = str(result.get("outcome"))
+                SETTLEMENTS.labels(outcome).inc()
+                record = records.get(str(result.get("request_id"))) or {}
+                if outcome == "debited":
+                    level = str(record.get("power_level") or "unknown")
+                    metrics.CREDITS_DEBITED.labels(level).inc(_float(result.get("debited")))
+                    metrics.HOLDS.labels("settled").inc()
+                elif outcome == "failure_logged" and _had_hold(record):
+                    metrics.HOLDS.labels("released").inc()
+            self.sync()
+        except Exception:  # noqa: BLE001 - monitoring must never break settlement
+            log.exception("monitoring: could not count a settled batch")
+
+    def on_sweep(self, expired: int) -> None:
+        with contextlib.suppress(Exception):
+            metrics.HOLDS.labels("expired").inc(expired)
+
+    def on_refresh(self, runtime: Runtime) -> None:
+        try:
+            self.sync()
+            due = time.monotonic() - self._db_refreshed >= self.db_refresh_seconds
+            if due and (self._db_task is None or self._db_task.done()):
+                self._db_task = asyncio.get_running_loop().create_task(
+                    self.refresh_db(), name="credits-monitoring-db")
+        except Exception:  # noqa: BLE001 - a callback must never break the refresher
+            log.exception("monitoring: refresh callback failed")
+
+    # -- in-process sources ------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Bring the writer and spool metrics up to date (cheap; called on every scrape)."""
+        writer = self.runtime.writer
+        metrics.WRITER_QUEUE.set(writer.depth)
+        stats = writer.stats
+        for name, counter in (("failures", metrics.WRITER_FAILURES),
+                              ("spooled", WRITER_SPOOLED),
+                              ("replayed", WRITER_REPLAYED),
+                              ("rejected", WRITER_REJECTED)):
+            now = int(getattr(stats, name))
+            delta = now - self._stats_seen.get(name, 0)
+            if delta > 0:
+                counter.inc(delta)
+            self._stats_seen[name] = now
+        if time.monotonic() - self._spool_checked >= SPOOL_REFRESH_SECONDS:
+            self._spool_checked = time.monotonic()
+            spool = writer.spool
+            segments = spool.segments()
+            metrics.SPOOL_DEPTH.set(spool.depth() if segments else 0)
+            SPOOL_OLDEST.set(_segment_age(segments[0].name) if segments else 0)
+
+    # -- database-wide gauges ----------------------------------------------------------
+
+    async def refresh_db(self) -> None:
+        """Read the database-wide gauges (a few aggregate queries, on a timer)."""
+        db = self.runtime.db
+        try:
+            low = await db.fetchone(
+                "alerts_accounts_low",
+                {"tiers": json.dumps(tier_thresholds(self.runtime.settings))})
+            holds = await db.fetchone("alerts_holds_in_flight")
+            backlog = await db.fetchone("alerts_backlog")
+        except errors.CreditsError as exc:
+            DB_UP.set(0)
+            log.info("monitoring: database gauges not refreshed: %s", exc.message)
+            return
+        finally:
+            self._db_refreshed = time.monotonic()
+        if low is not None:
+            metrics.USERS_BELOW_THRESHOLD.set(int(low["below_threshold"]))
+            USERS_AT_ZERO.set(int(low["at_zero"]))
+            USERS_ALERTED.set(int(low["alerted"]))
+        if holds is not None:
+            HOLDS_IN_DB.labels("active").set(int(holds["active"]))
+            HOLDS_IN_DB.labels("expired").set(int(holds["expired_unswept"]))
+        if backlog is not None:
+            ALERTS_PENDING.set(int(backlog["pending"]))
+            ALERTS_OLDEST.set(float(backlog["oldest_seconds"]))
+        DB_UP.set(1)
+        DB_REFRESHED.set(time.time())
+
+    # -- the ledger ----------------------------------------------------------------------
+
+    def _first_time(self, transaction_id: Any) -> bool:
+        if transaction_id is None:
+            return False
+        key = int(transaction_id)
+        if key in self._counted:
+            return False
+        self._counted[key] = None
+        if len(self._counted) > 10_000:
+            self._counted.popitem(last=False)
+        return True
+
+    def instrument_ledger(self) -> None:
+        """Count credits granted, refunds and admin debits as the ledger writes them."""
+        ledger = self.runtime.ledger
+        if self.on_ledger_event not in ledger.observers:
+            ledger.observers.append(self.on_ledger_event)
+
+    def on_ledger_event(self, event: str, fields: dict[str, Any]) -> None:
+        with _logged(f"ledger event {event}"):
+            if event == "released":
+                # A hold given back by the hook itself (it refused after placing it).
+                metrics.HOLDS.labels("released").inc()
+                return
+            result = fields["result"]
+            if event == "refunded":
+                taken = fields["amount"]
+                if taken and taken > 0:
+                    TAKEN_BACK.labels("refund").inc(_float(taken))
+                    if fields.get("amount_usd") is not None:
+                        REFUNDS_USD.inc(_float(fields["amount_usd"]))
+                return
+            if not result.success or not self._first_time(result.transaction_id):
+                return  # refused, or a repeat answered with the original transaction
+            kind = str(fields["type"])
+            if event == "added":
+                metrics.CREDITS_GRANTED.labels(kind).inc(_float(fields["amount"]))
+                if kind == "purchase" and fields.get("amount_usd") is not None:
+                    metrics.PURCHASE_REVENUE.inc(_float(fields["amount_usd"]))
+            elif event == "debited" and kind != "usage":
+                TAKEN_BACK.labels(kind).inc(_float(fields["amount"]))
+
+
+def _refresh_seconds_from_env() -> float:
+    raw = os.environ.get(REFRESH_ENV)
+    if not raw:
+        return DB_REFRESH_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        log.error("%s=%r is not a number; using %s", REFRESH_ENV, raw, DB_REFRESH_SECONDS)
+        return DB_REFRESH_SECONDS
+    return min(max(value, 0.5), 3600.0)
+
+
+@contextlib.contextmanager
+def _logged(what: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception:  # noqa: BLE001 - counting must never fail a money movement
+        log.exception("monitoring: could not count %s", what)
+
+
+def _had_hold(record: dict[str, Any]) -> bool:
+    """A failure record of a request that passed the pre-call hook (and so held credits).
+
+    The hook writes ``route_rule`` only after the hold was placed and a route chosen;
+    a refusal in the hook (402, 429, ...) has none and never held anything.
+    """
+    md = record.get("request_metadata")
+    return isinstance(md, dict) and md.get("route_rule") is not None
+
+
+def _segment_age(name: str) -> float:
+    """Seconds since a spool segment was started (its name begins with time_ns)."""
+    try:
+        return max(time.time() - int(name.split("-", 1)[0]) / 1e9, 0.0)
+    except ValueError:
+        return 0.0
+
+
+# --- wiring ------------------------------------------------------------------------------
+
+
+def monitor_of(runtime: Runtime) -> Monitor | None:
+    found = getattr(runtime, _ATTR, None)
+    return found if isinstance(found, Monitor) else None
+
+
+def install(runtime: Runtime, **options: Any) -> Monitor:
+    """Register the metric callbacks on ``runtime``. Calling it again does nothing more."""
+    existing = monitor_of(runtime)
+    if existing is not None:
+        return existing
+    monitor = Monitor(runtime, **options)
+    setattr(runtime, _ATTR, monitor)
+    chain_on_batch(runtime, monitor.on_batch)
+    runtime.on_sweep.append(monitor.on_sweep)
+    runtime.on_refresh.append(monitor.on_refresh)
+    monitor.instrument_ledger()
+    return monitor
+
+
+def render(runtime: Runtime | None = None) -> bytes:
+    """The registry in Prometheus text format, with in-process values brought up to date."""
+    monitor = monitor_of(runtime) if runtime is not None else None
+    if monitor is not None:
+        with contextlib.suppress(Exception):
+            monitor.sync()
+    return bytes(generate_latest(R))
+
+
+def _role(auth: Any) -> str:
+    role = getattr(auth, "user_role", None)
+    return str(getattr(role, "value", role) or "")
+
+
+def _forbidden(auth: Any) -> dict[str, Any]:
+    return errors.Forbidden(
+        "the credits metrics need a proxy admin key (role proxy_admin or proxy_admin_viewer); "
+        f"this key's role is {_role(auth) or 'none'}"
+    ).to_dict()
+
+
+def _endpoint() -> Callable[..., Awaitable[Any]]:
+    """The route handler; LiteLLM is imported here, not when this module is."""
+    from fastapi import Depends
+    from fastapi.responses import JSONResponse, Response
+    from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
+
+    # Annotations here are strings (``from __future__ import annotations``) that FastAPI
+    # resolves in this module's globals: only ``Any`` may appear, or /openapi.json breaks.
+    async def credits_metrics(auth: Any = Depends(user_api_key_auth)) -> Any:  # noqa: B008
+        """Prometheus text format. Needs a proxy_admin or proxy_admin_viewer key."""
+        if _role(auth) not in ADMIN_ROLES:
+            return JSONResponse(status_code=403, content=_forbidden(auth))
+        runtime: Runtime | None
+        try:
+            runtime = get_runtime()
+            await runtime.ensure_started()
+        except errors.CreditsError as exc:
+            log.info("metrics served without a started runtime: %s", exc.message)
+            runtime = None
+        return Response(render(runtime), media_type=CONTENT_TYPE_LATEST)
+
+    return credits_metrics
+
+
+def mount(app: Any) -> None:
+    """Serve ``GET /credits/metrics`` on ``app`` (the proxy's). Mounting twice does nothing."""
+    state = getattr(app, "state", None)
+    if state is not None and getattr(state, _MOUNTED, False):
+        return
+    if any(getattr(r, "path", None) == METRICS_PATH for r in app.router.routes):
+        return
+    app.add_api_route(
+        METRICS_PATH,
+        _endpoint(),
+        methods=["GET"],
+        tags=["credits"],
+        summary="Prometheus metrics of the credits plugin (proxy admin keys)",
+        response_class=_text_response_class(),
+        response_model=None,
+    )
+    if state is not None:
+        setattr(state, _MOUNTED, True)
+    app.openapi_schema = None
+
+
+def _text_response_class() -> Any:
+    from fastapi.responses import PlainTextResponse
+
+    return PlainTextResponse
