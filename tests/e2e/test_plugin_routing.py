@@ -192,11 +192,11 @@ def test_latency_filter_skips_a_deployment_observed_slower_than_the_level_maximu
         "INSERT INTO llm_usage_log (request_id, user_id, model_group, provider, api_base,"
         " success, latency_ms, response_metadata)"
         " SELECT 'slow-' || g, 'latency-probe', l.model_group, l.provider, l.api_base, TRUE,"
-        " 10000, l.response_metadata FROM generate_series(1, 5) g, llm_usage_log l"
+        " 10000, l.response_metadata FROM generate_series(1, 50) g, llm_usage_log l"
         " WHERE l.request_id = %s",
         first["request_id"])
     env.up("openrouter").clear()
-    env.wait_for(lambda: _served_after_refresh(env, user) == "together_ai", timeout=4.0,
+    env.wait_for(lambda: _served_after_refresh(env, user) == "together_ai", timeout=15.0,
                  what="eco on chat-lat to avoid the slow openrouter deployment")
 
 
