@@ -11,12 +11,13 @@ inside the running event loop, as psycopg_pool asks of async pools.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -26,6 +27,7 @@ from psycopg.rows import dict_row
 from litellm_credits import errors
 
 Params = Mapping[str, Any] | Sequence[Any] | None
+T = TypeVar("T")
 Row = dict[str, Any]
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
@@ -143,6 +145,8 @@ class Database:
     ) -> None:
         self.conninfo = conninfo
         self._statement_timeout_ms = statement_timeout_ms
+        self._deadline = timeout + statement_timeout_ms / 1000 + 1.0
+        self._abandoned: set[asyncio.Future[Any]] = set()
         self.pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Row]] = (
             psycopg_pool.AsyncConnectionPool(
                 conninfo,
@@ -173,6 +177,15 @@ class Database:
     async def close(self) -> None:
         await self.pool.close()
 
+    # statement_timeout is enforced by the server; a server that froze (or a
+    # network that dropped packets) would hang the caller, so the client keeps a
+    # deadline of its own as well.
+
+    def _too_slow(self) -> errors.DatabaseUnavailable:
+        return errors.DatabaseUnavailable(
+            f"the credits database did not answer within {self._deadline:.0f} s; "
+            "it may be overloaded or frozen")
+
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
         async with translating(), self.pool.connection() as conn:
@@ -180,23 +193,58 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
-        async with self.connection() as conn, conn.transaction():
-            yield conn
+        try:
+            async with asyncio.timeout(self._deadline), self.connection() as conn, \
+                    conn.transaction():
+                yield conn
+        except TimeoutError:
+            raise self._too_slow() from None
+
+    async def _bounded(self, work: Awaitable[T]) -> T:
+        """Await ``work`` at most the deadline, without waiting for its cleanup.
+
+        On cancellation psycopg asks the server to cancel the query and waits up
+        to 10 s for that; a request should not. The work is cancelled and left
+        to finish its cleanup in the background (its connection is then
+        discarded by the pool), while the caller gets a clear 503 at once.
+        """
+        task = asyncio.ensure_future(work)
+        done, _ = await asyncio.wait((task,), timeout=self._deadline)
+        if done:
+            return task.result()
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(self._forget)
+        raise self._too_slow()
+
+    def _forget(self, task: asyncio.Future[Any]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: it was already reported as a 503
 
     async def fetchone(self, name: str, params: Params = None) -> Row | None:
-        async with self.connection() as conn:
-            cur = await conn.execute(query(name), params)
-            return await cur.fetchone()
+        async def work() -> Row | None:
+            async with self.connection() as conn:
+                cur = await conn.execute(query(name), params)
+                return await cur.fetchone()
+
+        return await self._bounded(work())
 
     async def fetchall(self, name: str, params: Params = None) -> list[Row]:
-        async with self.connection() as conn:
-            cur = await conn.execute(query(name), params)
-            return await cur.fetchall()
+        async def work() -> list[Row]:
+            async with self.connection() as conn:
+                cur = await conn.execute(query(name), params)
+                return await cur.fetchall()
+
+        return await self._bounded(work())
 
     async def execute(self, name: str, params: Params = None) -> int:
-        async with self.connection() as conn:
-            cur = await conn.execute(query(name), params)
-            return cur.rowcount
+        async def work() -> int:
+            async with self.connection() as conn:
+                cur = await conn.execute(query(name), params)
+                return cur.rowcount
+
+        return await self._bounded(work())
 
 
 async def run(conn: psycopg.AsyncConnection[Row], name: str, params: Params = None) -> list[Row]:

@@ -26,6 +26,7 @@ metadata, so neither is trusted.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -129,7 +130,10 @@ class CreditsHandler(CustomLogger):
         self._vault = vault
         self._vault_loaded = vault is not None
         self._states: dict[str, _RequestState] = {}
-        self._issued: dict[int, str] = {}  # id(data) -> our request id, for same-dict reruns
+        # id(data) -> the context object we put in that data's metadata. A rerun of
+        # the hook on the same data finds the very same object; a client-sent
+        # "credits" entry is never that object.
+        self._issued: dict[int, dict[str, Any]] = {}
         self._fail_open_spent: dict[str, Decimal] = {}
         self._last_seen: dict[str, tuple[Decimal, str, float]] = {}
         self._pruned_at = 0.0
@@ -166,12 +170,10 @@ class CreditsHandler(CustomLogger):
 
     def _request_id(self, data: dict[str, Any], md: Mapping[str, Any]) -> str:
         """Our id for this request; the same one when the hook runs again on the same data."""
-        existing = md.get(CTX)
-        if isinstance(existing, dict) and self._issued.get(id(data)) == existing.get("request_id"):
-            return str(existing["request_id"])
-        rid = f"req_{uuid.uuid4().hex}"
-        self._issued[id(data)] = rid
-        return rid
+        issued = self._issued.get(id(data), {})
+        if not issued or md.get(CTX) is not issued:
+            return f"req_{uuid.uuid4().hex}"
+        return str(issued["request_id"])
 
     # -- before the call -----------------------------------------------------------
 
@@ -190,6 +192,7 @@ class CreditsHandler(CustomLogger):
                                    "issued_by": _PROCESS_TOKEN,
                                    "model_group": data.get("model")}
             md[CTX] = ctx
+            self._issued[id(data)] = ctx
             try:
                 return await self._admit(rt, data, md, ctx)
             except errors.CreditsError as exc:
@@ -452,8 +455,29 @@ class CreditsHandler(CustomLogger):
             metrics.UNBILLED_SUCCESSES.inc()
             return
         rt = self.runtime
-        slo = kwargs.get("standard_logging_object") or {}
         state = self._states.pop(ctx["request_id"], None)
+        try:
+            record, provider, byok_key_id = self._success_record(rt, kwargs, ctx, state)
+        except Exception as exc:  # noqa: BLE001 - a served request is billed whatever happens
+            log.exception("could not build the settlement record of %s; billing its hold",
+                          ctx["request_id"])
+            record = failure_record(ctx, error_type="record_error", status_code=200,
+                                    message=type(exc).__name__)
+            record.update(success=True, credits_charged=Decimal(ctx.get("hold", "0")),
+                          response_metadata={"priced_from": "hold"})
+            provider, byok_key_id = None, None
+        rt.writer.submit(record)
+        level = str(ctx.get("power_level") or "unknown")
+        metrics.REQUESTS.labels(level, str(provider or "unknown"), "served").inc()
+        metrics.BYOK_REQUESTS.labels("byok" if byok_key_id else "platform",
+                                     str(provider or "unknown")).inc()
+
+    def _success_record(
+        self, rt: Runtime, kwargs: dict[str, Any], ctx: dict[str, Any],
+        state: _RequestState | None,
+    ) -> tuple[dict[str, Any], str | None, int | None]:
+        params = kwargs.get("litellm_params") or {}
+        slo = kwargs.get("standard_logging_object") or {}
         group = str(slo.get("model_group") or ctx.get("model_group") or "")
         deployment_id = slo.get("model_id")
         provider = None
@@ -480,11 +504,7 @@ class CreditsHandler(CustomLogger):
         app_id, session_id = app_and_session(params.get("metadata") or {}, headers)
         record = success_record(ctx, slo, provider=provider, charge=charge,
                                 byok_key_id=byok_key_id, app_id=app_id, session_id=session_id)
-        rt.writer.submit(record)
-        level = str(ctx.get("power_level") or "unknown")
-        metrics.REQUESTS.labels(level, str(provider or "unknown"), "served").inc()
-        metrics.BYOK_REQUESTS.labels("byok" if byok_key_id else "platform",
-                                     str(provider or "unknown")).inc()
+        return record, provider, byok_key_id
 
     async def async_post_call_failure_hook(
         self,
@@ -561,6 +581,20 @@ def _mount_api() -> None:
         api.mount(app)
         monitoring.mount(app)
         ui.mount(app)
+    _start_when_loaded()
+
+
+_startup: list[asyncio.Task[None]] = []
+
+
+def _start_when_loaded() -> None:
+    """Start the runtime now if the proxy's loop runs, so the spool replays without traffic."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # imported outside the proxy's loop: the first request starts it
+    if settings.load().database_url:
+        _startup.append(loop.create_task(handler.runtime.ensure_started()))
 
 
 handler = CreditsHandler()

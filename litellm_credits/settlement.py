@@ -81,12 +81,22 @@ def short(value: Any) -> str | None:
     return text[:MAX_TEXT_CHARS] or None
 
 
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(str(k)): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
 def capped_json(value: Mapping[str, Any]) -> dict[str, Any]:
-    """Metadata as stored: JSON-safe, no NUL bytes, at most MAX_METADATA_BYTES."""
-    safe = json.loads(json.dumps(value, default=str).replace("\\u0000", ""))
+    """Metadata as stored: JSON-safe, no NUL characters, at most MAX_METADATA_BYTES."""
+    safe = _without_nul(json.loads(json.dumps(value, default=str)))
     if len(json.dumps(safe)) <= MAX_METADATA_BYTES:
         return dict(safe)
-    return {"truncated": True, "keys": sorted(str(k) for k in value)[:50]}
+    return {"truncated": True, "keys": sorted(_without_nul(str(k)) for k in value)[:50]}
 
 
 def _int(value: Any) -> int:

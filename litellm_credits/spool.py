@@ -9,8 +9,11 @@ request id (I1). A torn last line (a crash mid-write) is skipped: its append
 never returned, so its records were never acknowledged as spooled.
 
 Several processes may share one spool directory (one volume per host): each
-writes its own segments, and a segment is replayed under an exclusive
-``flock`` so two replayers never work on the same file at once.
+writes its own segments and holds an exclusive ``flock`` on the one it is
+appending to, and a segment is replayed only under that same lock, so no
+replayer reads a file that is still being written or that another replayer
+has. A line that is complete but not JSON (a damaged disk block) is moved to
+``rejected/`` for an operator instead of blocking the replay forever.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import fcntl
 import json
 import os
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,30 +34,46 @@ Record = dict[str, Any]
 class Spool:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._segment: Path | None = None
+        self._fd: int | None = None  # open, and flock'ed, while _segment is current
+        self._finalizer: weakref.finalize[Any, Any]
         self._seq = 0
 
-    def _new_segment(self) -> Path:
-        self._seq += 1
-        name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.jsonl"
-        return self.directory / name
+    def _open_segment(self) -> int:
+        if self._fd is None:
+            self._seq += 1
+            name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.jsonl"
+            self._segment = self.directory / name
+            fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._fd = fd
+            # A spool dropped without close_segment() (a writer that "died" in
+            # process) must still release its lock for the next replayer.
+            self._finalizer = weakref.finalize(self, os.close, fd)
+            self._fsync_dir()
+        return self._fd
+
+    def close_segment(self) -> None:
+        """Stop appending to the current segment so it can be replayed."""
+        if self._fd is not None:
+            self._finalizer.detach()
+            os.close(self._fd)  # releases the flock
+        self._fd = None
+        self._segment = None
+
 
     def append(self, records: Sequence[Record], encode: Callable[[Any], Any]) -> None:
-        """Durably append records; returns only after fsync."""
+        """Durably append records; returns only after every byte is written and fsync'd."""
         if not records:
             return
-        if self._segment is None:
-            self._segment = self._new_segment()
-        data = "".join(json.dumps(r, default=encode, separators=(",", ":")) + "\n"
-                       for r in records).encode("utf-8")
-        fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._fsync_dir()
+        data = memoryview("".join(json.dumps(r, default=encode, separators=(",", ":")) + "\n"
+                                  for r in records).encode("utf-8"))
+        fd = self._open_segment()
+        while data:
+            written = os.write(fd, data)
+            data = data[written:]
+        os.fsync(fd)
 
     def _fsync_dir(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY)
@@ -77,14 +97,33 @@ class Spool:
         return total
 
     @staticmethod
-    def read(path: Path) -> list[Record]:
+    def read(path: Path, on_bad: Callable[[str, bytes], object] | None = None) -> list[Record]:
+        """The complete records of a segment; damaged lines go to ``on_bad``."""
         records: list[Record] = []
         with path.open("rb") as fh:
-            for line in fh:
+            for number, line in enumerate(fh, 1):
                 if not line.endswith(b"\n"):
                     break  # torn tail: that append never returned
-                records.append(json.loads(line))
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    if on_bad is not None:
+                        on_bad(f"{path.stem}-line{number}.jsonl", line)
         return records
+
+    def set_aside(self, name: str, data: bytes) -> Path:
+        """Keep something the database or the parser refused, for an operator."""
+        folder = self.directory / "rejected"
+        folder.mkdir(exist_ok=True, mode=0o700)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:120]
+        path = folder / f"{time.time_ns()}-{safe}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return path
 
     @contextmanager
     def _locked(self, path: Path) -> Iterator[bool]:
@@ -114,11 +153,11 @@ class Spool:
         for path in self.segments():
             if path == self._segment:
                 # Close our own segment first so new appends go to a fresh file.
-                self._segment = None
+                self.close_segment()
             with self._locked(path) as mine:
                 if not mine:
                     continue
-                records = self.read(path)
+                records = self.read(path, self.set_aside)
                 for start in range(0, len(records), batch_size):
                     await settle(records[start : start + batch_size])
                 path.unlink()

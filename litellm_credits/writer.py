@@ -5,11 +5,16 @@ record on an in-memory queue. A task in the proxy's event loop takes records
 in batches and settles each batch in one transaction through
 ``Ledger.settle`` (one usage row + one debit + the hold released, per request).
 
-When the database is unreachable, the batch goes to the durable spool and a
-replay loop retries it once the database answers again (I4). A batch the
-database refuses as invalid is split to find the bad record, so one malformed
-record cannot block the others; the bad record is kept in ``rejected/`` for
-an operator, never dropped silently.
+When the database is unreachable, the batch and everything queued behind it
+go to the durable spool, and until a replay succeeds new records go straight
+to the spool too (an outage must not keep served requests in memory, where a
+crash would lose them). A replay loop settles the spool once the database
+answers again (I4). A batch the database refuses as invalid is split to find
+the bad record, so one malformed record cannot block the others; the bad
+record is kept in ``rejected/`` for an operator, never dropped silently.
+
+The batch being settled is remembered until it is written, so a shutdown
+spools it too; settling it twice is harmless (I1).
 """
 
 from __future__ import annotations
@@ -64,12 +69,14 @@ class Writer:
         self._tasks: list[asyncio.Task[None]] = []
         self._spool_dirty = bool(spool.segments())
         self._closing = False
+        self._outage = False  # spool directly until a replay succeeds
+        self._inflight: list[Record] = []
 
     # -- surface used by the hook --------------------------------------------------
 
     def submit(self, record: Record) -> None:
-        if self._closing:
-            # Late events during shutdown still must not be lost.
+        if self._closing or self._outage:
+            # Shutdown, or the database is away: straight to disk.
             self._to_spool([record])
             return
         self.queue.put_nowait(record)
@@ -94,7 +101,7 @@ class Writer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        pending = self._drain_queue()
+        pending = self._take_inflight() + self._drain_queue()
         if pending:
             try:
                 await asyncio.wait_for(self._settle(pending), timeout)
@@ -107,10 +114,14 @@ class Writer:
         Registered with ``atexit``: when the proxy shuts down normally its event
         loop is gone, but queued records of served requests must not be lost.
         """
-        pending = self._drain_queue()
+        pending = self._take_inflight() + self._drain_queue()
         if pending:
             self._to_spool(pending)
         return len(pending)
+
+    def _take_inflight(self) -> list[Record]:
+        batch, self._inflight = self._inflight, []
+        return batch
 
     async def flush(self) -> None:
         """Settle everything queued now (tests and shutdown)."""
@@ -127,7 +138,9 @@ class Writer:
         return batch
 
     async def _next_batch(self) -> list[Record]:
-        batch = [await self.queue.get()]
+        # Built in self._inflight, so records taken off the queue are never only
+        # in a local variable when the task is cancelled.
+        batch = self._inflight = [await self.queue.get()]
         deadline = time.monotonic() + self.flush_seconds
         while len(batch) < self.batch_size:
             remaining = deadline - time.monotonic()
@@ -141,17 +154,28 @@ class Writer:
 
     async def _run(self) -> None:
         while True:
-            batch = await self._next_batch()
-            await self._settle_or_spool(batch)
+            self._inflight = await self._next_batch()
+            try:
+                await self._settle_or_spool(self._inflight)
+            except Exception:  # noqa: BLE001 - the writer must outlive any one batch
+                log.exception("settlement writer: unexpected error; spooling %d records",
+                              len(self._inflight))
+                await self._spool_or_hold(self._inflight)
+            self._inflight = []
 
     async def _settle_or_spool(self, batch: list[Record]) -> None:
+        if self._outage:
+            await self._spool_or_hold(batch)
+            return
         try:
             await self._settle(batch)
         except errors.DatabaseUnavailable as exc:
             self.stats.failures += 1
-            log.warning("credits database unavailable, spooling %d records: %s",
-                        len(batch), exc.message)
-            await self._spool_or_hold(batch)
+            self._outage = True
+            behind = self._drain_queue()
+            log.warning("credits database unavailable, spooling %d records until it is "
+                        "back: %s", len(batch) + len(behind), exc.message)
+            await self._spool_or_hold(batch + behind)
         except errors.InvalidInput:
             await self._isolate(batch)
         except errors.CreditsError as exc:
@@ -195,13 +219,16 @@ class Writer:
                 await self._settle(half)
             except errors.InvalidInput:
                 await self._isolate(half)
+            except errors.CreditsError as exc:
+                log.warning("settlement failed while isolating a bad record, spooling %d: %s",
+                            len(half), exc.message)
+                await self._spool_or_hold(half)
 
     def _reject(self, record: Record) -> None:
         self.stats.rejected += 1
-        folder = self.spool.directory / "rejected"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"{record.get('request_id', 'unknown')[:64]}.json"
-        path.write_text(json.dumps(record, default=_json_default), "utf-8")
+        path = self.spool.set_aside(
+            f"{str(record.get('request_id', 'unknown'))[:64]}.json",
+            json.dumps(record, default=_json_default).encode("utf-8"))
         log.error("settlement record %s was refused by the database; kept in %s",
                   record.get("request_id"), path)
 
@@ -213,6 +240,7 @@ class Writer:
     async def replay_now(self) -> int:
         replayed = await self.spool.replay(self._settle_replayed, self.batch_size)
         self.stats.replayed += replayed
+        self._outage = False  # the database took everything that was waiting
         self._spool_dirty = bool(self.spool.segments())
         return replayed
 
@@ -224,11 +252,13 @@ class Writer:
 
     async def _replay_loop(self) -> None:
         while True:
-            if self._spool_dirty:
+            if self._spool_dirty or self._outage:
                 try:
                     replayed = await self.replay_now()
                     if replayed:
                         log.warning("replayed %d spooled settlement records", replayed)
                 except errors.CreditsError as exc:
                     log.info("spool replay waits for the database: %s", exc.message)
+                except Exception:  # noqa: BLE001 - retried next round; records stay on disk
+                    log.exception("spool replay failed; will retry")
             await asyncio.sleep(self.replay_interval)
