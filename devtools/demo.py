@@ -195,7 +195,7 @@ def run(workdir: Path) -> None:
             SELECT id, user_id, transaction_type AS type, amount, balance_before,
                    balance_after, request_id FROM credit_transactions ORDER BY id"""))
         say("ledger check")
-        cli(env, "verify")
+        cli(env, "reconcile")
         say("done: every served request has one usage row and one debit")
     finally:
         if proxy is not None:
