@@ -193,14 +193,10 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
-        try:
-            async with asyncio.timeout(self._deadline), self.connection() as conn, \
-                    conn.transaction():
-                yield conn
-        except TimeoutError:
-            raise self._too_slow() from None
+        async with self.connection() as conn, conn.transaction():
+            yield conn
 
-    async def _bounded(self, work: Awaitable[T]) -> T:
+    async def bounded(self, work: Awaitable[T]) -> T:
         """Await ``work`` at most the deadline, without waiting for its cleanup.
 
         On cancellation psycopg asks the server to cancel the query and waits up
@@ -228,7 +224,7 @@ class Database:
                 cur = await conn.execute(query(name), params)
                 return await cur.fetchone()
 
-        return await self._bounded(work())
+        return await self.bounded(work())
 
     async def fetchall(self, name: str, params: Params = None) -> list[Row]:
         async def work() -> list[Row]:
@@ -236,7 +232,7 @@ class Database:
                 cur = await conn.execute(query(name), params)
                 return await cur.fetchall()
 
-        return await self._bounded(work())
+        return await self.bounded(work())
 
     async def execute(self, name: str, params: Params = None) -> int:
         async def work() -> int:
@@ -244,7 +240,7 @@ class Database:
                 cur = await conn.execute(query(name), params)
                 return cur.rowcount
 
-        return await self._bounded(work())
+        return await self.bounded(work())
 
 
 async def run(conn: psycopg.AsyncConnection[Row], name: str, params: Params = None) -> list[Row]:

@@ -392,8 +392,14 @@ class Ledger:
     async def settle(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Settle a batch of usage records in one transaction (see settle_usage in SQL)."""
         payload = json.dumps(list(records), default=_json_default)
-        async with self.db.transaction() as conn:
-            return await run(conn, "settle_usage", {"records": payload})
+
+        async def work() -> list[dict[str, Any]]:
+            async with self.db.transaction() as conn:
+                return await run(conn, "settle_usage", {"records": payload})
+
+        # Abandoning a slow batch is safe: the writer spools it, and if the
+        # abandoned transaction commits after all, the replay is a no-op (I1).
+        return await self.db.bounded(work())
 
     async def set_power_level(self, user_id: str, level: str, *, by: str) -> None:
         row = await self.db.fetchone(

@@ -173,7 +173,7 @@ async def test_proxy_sigkill_spool_replays_and_orphaned_holds_expire(
                 want = {o.call_id for o in outcomes if o.ok and o.finished > stopped}
                 return bool(want) and want <= env.spooled_call_ids()
 
-            await asyncio.to_thread(env.wait_for, in_spool, 15, "served requests in the spool")
+            await asyncio.to_thread(env.wait_for, in_spool, 30, "served requests in the spool")
             kills.append(time.monotonic())
             await asyncio.to_thread(proxy.kill)
             assert env.spooled() > 0

@@ -255,7 +255,8 @@ async def test_spool_survives_a_restart_and_is_replayed_by_the_next_writer(
     await first.flush()
     assert first.stats.spooled == 4
     await db.close()
-    del first  # the process "dies": no close(), no replay
+    first.spool.close_segment()  # the process "dies": its file lock dies with it
+    del first  # no close(), no replay
 
     cluster.start()
     db = await open_db(url)
