@@ -8,7 +8,7 @@ The run: a user with real usage (requests through the proxy, spread over the las
 moving their timestamps), a BYOK key and a few transactions opens ``/credits/ui``, pastes the
 key, and the numbers on screen are compared with the database; "Buy" must produce a
 checkout URL from the Stripe stand-in. An admin key gets the user picker. The screenshot is
-saved to ``docs/credits-ui.png``. Port and wiring knobs: see ``tests/e2e/test_metrics.py``.
+saved to ``docs/credits-ui.png`` when CREDITS_UPDATE_SCREENSHOT=1 (else a temp file). Port and wiring knobs: see ``tests/e2e/test_metrics.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import base64
 import contextlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -35,7 +36,10 @@ pytestmark = pytest.mark.e2e
 CHROMIUM = os.environ.get("CREDITS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "credits-ui.png"
+# The README's screenshot is refreshed only on request, so a test run leaves the tree clean.
+SCREENSHOT = (Path(__file__).resolve().parents[2] / "docs" / "credits-ui.png"
+              if os.environ.get("CREDITS_UPDATE_SCREENSHOT") == "1"
+              else Path(tempfile.gettempdir()) / f"credits-ui-{os.getpid()}.png")
 STRIPE_KEY = "sk_test_ui_e2e"
 STRIPE_SECRET = "whsec_ui_e2e"
 ALICE, BOB = "ui-alice", "ui-bob"
