@@ -8,7 +8,8 @@ The run: a user with real usage (requests through the proxy, spread over the las
 moving their timestamps), a BYOK key and a few transactions opens ``/credits/ui``, pastes the
 key, and the numbers on screen are compared with the database; "Buy" must produce a
 checkout URL from the Stripe stand-in. An admin key gets the user picker. The screenshot is
-saved to ``docs/credits-ui.png`` when CREDITS_UPDATE_SCREENSHOT=1 (else a temp file). Port and wiring knobs: see ``tests/e2e/test_metrics.py``.
+saved to ``docs/credits-ui.png`` when CREDITS_UPDATE_SCREENSHOT=1 (else a temp file).
+Port and wiring knobs: see ``tests/e2e/test_metrics.py``.
 """
 
 from __future__ import annotations
