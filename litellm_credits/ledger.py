@@ -394,7 +394,8 @@ class Ledger:
         payload = json.dumps(list(records), default=_json_default)
 
         async def work() -> list[dict[str, Any]]:
-            async with self.db.transaction() as conn:
+            # One statement in autocommit is one transaction: no BEGIN/COMMIT trips.
+            async with self.db.connection() as conn:
                 return await run(conn, "settle_usage", {"records": payload})
 
         # Abandoning a slow batch is safe: the writer spools it, and if the

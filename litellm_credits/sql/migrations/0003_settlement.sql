@@ -102,20 +102,28 @@ BEGIN
             status_code = EXCLUDED.status_code, error_type = NULL,
             error_message = NULL, response_metadata = EXCLUDED.response_metadata
           WHERE NOT l.success AND EXCLUDED.success AND l.user_id = EXCLUDED.user_id
-        RETURNING l.request_id, l.user_id, l.success, l.credits_charged, l.byok_key_id
+        RETURNING l.request_id, l.user_id, l.success, l.credits_charged, l.byok_key_id,
+                  l.created_at
     ),
+    -- The chain is ordered by the usage row's time and request id (both come back
+    -- from the INSERT), not by joining back to the input: with jsonb_to_recordset's
+    -- row estimates that join became a nested loop over the batch squared. The
+    -- already-debited check is a per-row index probe (LATERAL ... LIMIT 1); as
+    -- NOT EXISTS it was planned as an anti join over the whole usage ledger
+    -- whenever the statistics were stale (bench/results/experiments.json, F3).
     deb AS (
-        SELECT i.request_id, i.user_id, i.credits_charged, r.ord, u.balance AS b0,
+        SELECT i.request_id, i.user_id, i.credits_charged, i.created_at, u.balance AS b0,
                sum(i.credits_charged) OVER (
-                   PARTITION BY i.user_id ORDER BY r.ord ROWS UNBOUNDED PRECEDING) AS s_incl,
+                   PARTITION BY i.user_id ORDER BY i.created_at, i.request_id
+                   ROWS UNBOUNDED PRECEDING) AS s_incl,
                sum(i.credits_charged) OVER (PARTITION BY i.user_id) AS s_total
           FROM ins i
-          JOIN r ON r.request_id = i.request_id
           JOIN user_credits u ON u.user_id = i.user_id
-         WHERE i.success
-           AND NOT EXISTS (SELECT 1 FROM credit_transactions t
-                            WHERE t.transaction_type = 'usage'
-                              AND t.idempotency_key = i.request_id)
+          LEFT JOIN LATERAL (
+              SELECT 1 AS found FROM credit_transactions t
+               WHERE t.transaction_type = 'usage' AND t.idempotency_key = i.request_id
+               LIMIT 1) seen ON TRUE
+         WHERE i.success AND seen.found IS NULL
     ),
     -- With balance b0 >= 0 and costs c_i >= 0, "take at most what is there"
     -- gives balance_i = max(0, b0 - prefix_sum_i); a negative b0 (after a
@@ -135,7 +143,7 @@ BEGIN
                c.request_id, c.request_id,
                c.credits_charged - (c.bal_before - c.bal_after), 'LLM usage'
           FROM chain c
-         ORDER BY c.user_id, c.ord
+         ORDER BY c.user_id, c.created_at, c.request_id
         RETURNING credit_transactions.request_id, credit_transactions.amount
     ),
     acc AS (
