@@ -25,6 +25,7 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 DEV_PG_DIR  := .run/pg-dev
 DEV_PG_PORT := 55433
@@ -119,8 +120,14 @@ run: install
 demo: install
 	$(PY) -m devtools.demo
 
+# wrk (Debian) is the load generator of the proxy benchmark.
 bench: install
-	$(PY) -m bench.run
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing wrk for the benchmark"; export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq; $(APT_GET) install wrk >/dev/null; \
+	  else echo "error: wrk is missing (Debian: sudo apt-get install -y wrk)" >&2; exit 1; fi; }
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 dev-db: install
 	@$(PY) -m devtools.pg start --dir $(DEV_PG_DIR) --port $(DEV_PG_PORT) --db $(DEV_DB)
