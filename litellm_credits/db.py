@@ -196,8 +196,8 @@ class Database:
         async with self.connection() as conn, conn.transaction():
             yield conn
 
-    async def bounded(self, work: Awaitable[T]) -> T:
-        """Await ``work`` at most the deadline, without waiting for its cleanup.
+    async def bounded(self, work: Awaitable[T], deadline: float | None = None) -> T:
+        """Await ``work`` at most ``deadline`` seconds (default: the pool's), not its cleanup.
 
         On cancellation psycopg asks the server to cancel the query and waits up
         to 10 s for that; a request should not. The work is cancelled and left
@@ -205,7 +205,7 @@ class Database:
         discarded by the pool), while the caller gets a clear 503 at once.
         """
         task = asyncio.ensure_future(work)
-        done, _ = await asyncio.wait((task,), timeout=self._deadline)
+        done, _ = await asyncio.wait((task,), timeout=deadline or self._deadline)
         if done:
             return task.result()
         task.cancel()

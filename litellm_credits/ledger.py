@@ -389,7 +389,9 @@ class Ledger:
         row = await self.db.fetchone("sweep_expired_holds")
         return int(row["expired"]) if row else 0
 
-    async def settle(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def settle(
+        self, records: Sequence[dict[str, Any]], deadline: float | None = None
+    ) -> list[dict[str, Any]]:
         """Settle a batch of usage records in one transaction (see settle_usage in SQL)."""
         payload = json.dumps(list(records), default=_json_default)
 
@@ -400,7 +402,7 @@ class Ledger:
 
         # Abandoning a slow batch is safe: the writer spools it, and if the
         # abandoned transaction commits after all, the replay is a no-op (I1).
-        return await self.db.bounded(work())
+        return await self.db.bounded(work(), deadline)
 
     async def set_power_level(self, user_id: str, level: str, *, by: str) -> None:
         row = await self.db.fetchone(

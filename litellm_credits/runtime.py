@@ -116,6 +116,7 @@ class Runtime:
             self.spool,
             batch_size=settings.writer_batch_size,
             flush_seconds=settings.writer_flush_ms / 1000,
+            settle_timeout=settings.writer_settle_timeout_ms / 1000,
         )
         atexit.register(self.writer.spool_pending)
         self.snapshot = Snapshot(credits_per_usd=settings.credits_per_usd)

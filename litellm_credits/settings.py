@@ -81,6 +81,7 @@ class Settings:
     statement_timeout_ms: int = 3000
     writer_batch_size: int = 500
     writer_flush_ms: int = 50
+    writer_settle_timeout_ms: int = 500
     spool_dir: Path = Path(".run/spool")
     alert_webhook_url: str | None = None
     alert_webhook_secret: str | None = None
@@ -203,6 +204,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         statement_timeout_ms=_int(pool, "statement_timeout_ms", 3000, 100, 600_000),
         writer_batch_size=_int(writer, "batch_size", 500, 1, 10_000),
         writer_flush_ms=_int(writer, "flush_ms", 50, 1, 60_000),
+        writer_settle_timeout_ms=_int(writer, "settle_timeout_ms", 500, 50, 600_000),
         spool_dir=Path(str(env.get("CREDITS_SPOOL_DIR") or raw.get("spool_dir") or ".run/spool")),
         alert_webhook_url=alerts.get("webhook_url"),
         alert_webhook_secret=env.get("CREDITS_ALERT_WEBHOOK_SECRET"),

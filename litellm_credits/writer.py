@@ -56,6 +56,7 @@ class Writer:
         batch_size: int = 500,
         flush_seconds: float = 0.05,
         replay_interval: float = 2.0,
+        settle_timeout: float | None = None,
         on_batch: Callable[[list[Record], list[dict[str, Any]], float], None] | None = None,
     ) -> None:
         self.ledger = ledger
@@ -63,6 +64,11 @@ class Writer:
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds
         self.replay_interval = replay_interval
+        # How long a live batch may take before it is spooled instead: short, so
+        # records served while the database is going away reach the disk within
+        # about a second. A batch abandoned this way is replayed later, which is
+        # harmless if it committed after all (I1). Replays use the full deadline.
+        self.settle_timeout = settle_timeout
         self.on_batch = on_batch
         self.queue: asyncio.Queue[Record] = asyncio.Queue()
         self.stats = WriterStats()
@@ -195,9 +201,9 @@ class Writer:
                 self.queue.put_nowait(record)
             await asyncio.sleep(1.0)
 
-    async def _settle(self, batch: list[Record]) -> None:
+    async def _settle(self, batch: list[Record], live: bool = True) -> None:
         started = time.perf_counter()
-        results = await self.ledger.settle(batch)
+        results = await self.ledger.settle(batch, self.settle_timeout if live else None)
         elapsed = time.perf_counter() - started
         self.stats.settled += len(batch)
         self.stats.batches += 1
@@ -246,7 +252,7 @@ class Writer:
 
     async def _settle_replayed(self, batch: list[Record]) -> None:
         try:
-            await self._settle(batch)
+            await self._settle(batch, live=False)
         except errors.InvalidInput:
             await self._isolate(batch)
 
