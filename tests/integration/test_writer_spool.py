@@ -440,11 +440,11 @@ class _DropsAfter(Ledger):
         self.calls = 0
         self.ok = ok
 
-    async def settle(self, records: Any) -> list[dict[str, Any]]:
+    async def settle(self, records: Any, deadline: float | None = None) -> list[dict[str, Any]]:
         self.calls += 1
         if self.calls > self.ok:
             raise errors.DatabaseUnavailable("the credits database is unreachable: test")
-        return await super().settle(records)
+        return await super().settle(records, deadline)
 
 
 async def test_an_outage_while_isolating_a_bad_record_loses_nothing(
