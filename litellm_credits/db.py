@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
-from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
 from litellm_credits import errors
@@ -43,6 +42,9 @@ _SQLSTATE_ERRORS: dict[str, type[errors.CreditsError]] = {
     "CR007": errors.LevelNotAllowed,
     "CR008": errors.NotFound,
 }
+# SQLSTATE classes psycopg raises as OperationalError: the server cannot serve
+# now (connection, resources, locks, shutdown), so retrying later may work.
+_UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "54", "55", "57", "58"})
 
 
 def parse_queries(text: str) -> dict[str, str]:
@@ -88,32 +90,45 @@ def translate(exc: BaseException) -> errors.CreditsError:
             "the credits database did not hand out a connection in time; "
             "it may be down or overloaded"
         )
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and not exc.sqlstate:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return errors.DatabaseUnavailable(f"the credits database is unreachable: {message}")
     if isinstance(exc, psycopg.Error):
-        sqlstate = exc.sqlstate or ""
         diag = exc.diag
-        message = diag.message_primary or str(exc).splitlines()[0]
-        if sqlstate in _SQLSTATE_ERRORS:
-            hint = f" ({diag.message_hint})" if diag.message_hint else ""
-            return _SQLSTATE_ERRORS[sqlstate](message + hint)
-        if isinstance(exc, pg_errors.UniqueViolation):
-            return errors.Conflict(f"already exists: {message}")
-        if isinstance(exc, pg_errors.CheckViolation | pg_errors.NotNullViolation):
-            return errors.InvalidInput(f"rejected by the database: {message}")
-        if isinstance(exc, pg_errors.NumericValueOutOfRange | pg_errors.InvalidTextRepresentation):
-            return errors.InvalidInput(f"a value is out of range or malformed: {message}")
-        if isinstance(exc, pg_errors.QueryCanceled):
-            return errors.DatabaseUnavailable("the credits database timed out on a statement")
-        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-            return errors.DatabaseUnavailable(f"the credits database is unreachable: {message}")
-        if isinstance(exc, psycopg.DataError):
-            return errors.InvalidInput(f"a value was refused: {message}")
-        return errors.CreditsError(f"database error {sqlstate}: {message}")
+        return from_sqlstate(
+            exc.sqlstate or "",
+            diag.message_primary or str(exc).splitlines()[0],
+            diag.message_hint,
+        )
     if isinstance(exc, UnicodeEncodeError):
         return errors.InvalidInput("a text value is not valid Unicode (a lone surrogate?)")
     if isinstance(exc, ValueError) and "NUL" in str(exc):
         # psycopg refuses NUL bytes in text before anything reaches the server.
         return errors.InvalidInput("a text value contains a NUL byte")
     raise exc
+
+
+def from_sqlstate(sqlstate: str, message: str, hint: str | None = None) -> errors.CreditsError:
+    """The package error for a server error, given its SQLSTATE and message.
+
+    Used for raised errors (through :func:`translate`) and for the per-item
+    errors that ``reserve_credits_many`` returns as values.
+    """
+    if sqlstate in _SQLSTATE_ERRORS:
+        return _SQLSTATE_ERRORS[sqlstate](message + (f" ({hint})" if hint else ""))
+    if sqlstate == "23505":
+        return errors.Conflict(f"already exists: {message}")
+    if sqlstate in ("23514", "23502"):
+        return errors.InvalidInput(f"rejected by the database: {message}")
+    if sqlstate in ("22003", "22P02"):
+        return errors.InvalidInput(f"a value is out of range or malformed: {message}")
+    if sqlstate == "57014":
+        return errors.DatabaseUnavailable("the credits database timed out on a statement")
+    if sqlstate[:2] in _UNAVAILABLE_CLASSES:
+        return errors.DatabaseUnavailable(f"the credits database is unreachable: {message}")
+    if sqlstate.startswith("22"):
+        return errors.InvalidInput(f"a value was refused: {message}")
+    return errors.CreditsError(f"database error {sqlstate}: {message}")
 
 
 @asynccontextmanager

@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 
 from litellm_credits import errors
 from litellm_credits.db import Database, run
+from litellm_credits.holds import HoldPlacer, HoldRequest
 from litellm_credits.settings import POWER_LEVELS
 
 MAX_AMOUNT = Decimal("1000000000")
@@ -184,9 +185,10 @@ LedgerObserver = Callable[[str, dict[str, Any]], None]
 class Ledger:
     """Money movements. Observers (metrics) hear about each one after it is written."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, reserve_batch: int = 64) -> None:
         self.db = db
         self.observers: list[LedgerObserver] = []
+        self.holds = HoldPlacer(db, max_batch=reserve_batch)
 
     def _notify(self, event: str, **fields: Any) -> None:
         for observer in self.observers:
@@ -351,12 +353,17 @@ class Ledger:
         level: str | None,
         ttl_seconds: int,
     ) -> Reservation:
-        row = await self.db.fetchone(
-            "reserve",
-            {"user_id": user_id, "request_id": request_id, "base_amount": base_amount,
-             "level": level, "ttl": ttl_seconds},
+        """Place (or find) the hold for one request; see :mod:`litellm_credits.holds`."""
+        # Checked here, not only in SQL: reserves share a statement, so bad text
+        # must be refused before it could fail the neighbours' JSON.
+        request = HoldRequest(
+            user_id=check_user_id(user_id),
+            request_id=_request_id(request_id),
+            base_amount=_hold_base(base_amount),
+            level=None if level is None else check_level(level),
+            ttl_seconds=ttl_seconds,
         )
-        assert row is not None
+        row = await self.holds.place(request)
         keys = tuple(
             ByokKeyRef(
                 id=int(k["id"]), provider=k["provider"], key_name=k["key_name"],
@@ -428,6 +435,21 @@ class Ledger:
         )
         if row is None:
             raise errors.AccountNotFound(f"no credit account for user {user_id}")
+
+
+def _request_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise errors.InvalidInput("request id is empty")
+    checked = check_text("request id", value, 255)
+    assert checked is not None
+    return checked
+
+
+def _hold_base(value: Any) -> Decimal:
+    if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
+        raise errors.InvalidAmount(f"hold amount must be a finite, non-negative Decimal, "
+                                   f"got {str(value)[:40]!r}")
+    return value
 
 
 def _b64(text: str) -> bytes:

@@ -109,7 +109,7 @@ class Runtime:
             timeout=settings.pool_timeout_seconds,
             statement_timeout_ms=settings.statement_timeout_ms,
         )
-        self.ledger = Ledger(self.db)
+        self.ledger = Ledger(self.db, reserve_batch=settings.reserve_batch_max)
         self.spool = Spool(settings.spool_dir)
         self.writer = Writer(
             self.ledger,

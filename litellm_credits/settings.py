@@ -79,6 +79,7 @@ class Settings:
     pool_max_size: int = 10
     pool_timeout_seconds: float = 3.0
     statement_timeout_ms: int = 3000
+    reserve_batch_max: int = 64
     writer_batch_size: int = 500
     writer_flush_ms: int = 50
     writer_settle_timeout_ms: int = 500
@@ -202,6 +203,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         pool_max_size=_int(pool, "max_size", 10, 1, 1000),
         pool_timeout_seconds=float(_dec(pool, "timeout_seconds", Decimal("3"), Decimal("0.1"))),
         statement_timeout_ms=_int(pool, "statement_timeout_ms", 3000, 100, 600_000),
+        reserve_batch_max=_int(raw, "reserve_batch_max", 64, 1, 1000),
         writer_batch_size=_int(writer, "batch_size", 500, 1, 10_000),
         writer_flush_ms=_int(writer, "flush_ms", 50, 1, 60_000),
         writer_settle_timeout_ms=_int(writer, "settle_timeout_ms", 500, 50, 600_000),

@@ -25,7 +25,13 @@ SELECT id, user_id, amount, amount_usd, package_id, charge_id
 -- name: reserve
 SELECT status, power_level, cost_multiplier, hold_amount, balance, held, tier,
        monthly_quota, quota_used, byok_keys
-  FROM reserve_credits(%(user_id)s, %(request_id)s, %(base_amount)s, %(level)s, %(ttl)s);
+  FROM reserve_credits(%(user_id)s, %(request_id)s, %(base_amount)s, %(level)s,
+                       %(ttl)s::integer);
+
+-- name: reserve_many
+SELECT ord, status, power_level, cost_multiplier, hold_amount, balance, held, tier,
+       monthly_quota, quota_used, byok_keys, err_state, err_message, err_hint
+  FROM reserve_credits_many(%(items)s::jsonb);
 
 -- name: release_hold
 SELECT release_hold(%(request_id)s) AS released;
