@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 
 import psycopg
@@ -39,7 +39,7 @@ async def db(db_url: str) -> AsyncIterator[Database]:
         await database.close()
 
 
-async def reserve_all(ledger: Ledger, calls: list[tuple[str, str, str, str | None]],
+async def reserve_all(ledger: Ledger, calls: Sequence[tuple[str, str, str, str | None]],
                       ) -> list[Reservation | BaseException]:
     """Start every reserve in the same tick, so they queue behind one another."""
     return await asyncio.gather(
@@ -159,7 +159,7 @@ async def test_batches_from_two_proxies_on_the_same_accounts_do_not_deadlock(
     assert [r.status for r in results] == ["placed"] * 300
     assert a.holds.batches > 0 and b.holds.batches > 0
     assert len(held(db_conn)) == 300
-    counts = dict(db_conn.execute(
+    counts: dict[str, int] = dict(db_conn.execute(
         "SELECT user_id, count(*) FROM credit_holds GROUP BY user_id").fetchall())
     assert counts == {u: 50 for u in users}
 
