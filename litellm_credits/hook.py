@@ -209,7 +209,7 @@ class CreditsHandler(CustomLogger):
         finally:
             metrics.HOOK_SECONDS.observe(time.perf_counter() - started)
             if outcome != "served":
-                metrics.REQUESTS.labels(level_label, "none", outcome).inc()
+                metrics.count(metrics.REQUESTS, level_label, "none", outcome)
 
     async def _admit(
         self, rt: Runtime, data: dict[str, Any], md: dict[str, Any], ctx: dict[str, Any]
@@ -261,7 +261,7 @@ class CreditsHandler(CustomLogger):
         ctx["power_level"] = res.power_level
         self._check_reservation(res, ctx["user_id"])
         if res.status != "fail_open":
-            metrics.HOLDS.labels("placed").inc()
+            metrics.count(metrics.HOLDS, "placed")
             self._fail_open_spent.pop(ctx["user_id"], None)
             self._last_seen[ctx["user_id"]] = (
                 res.available_after, res.power_level, time.monotonic())
@@ -468,9 +468,9 @@ class CreditsHandler(CustomLogger):
             provider, byok_key_id = None, None
         rt.writer.submit(record)
         level = str(ctx.get("power_level") or "unknown")
-        metrics.REQUESTS.labels(level, str(provider or "unknown"), "served").inc()
-        metrics.BYOK_REQUESTS.labels("byok" if byok_key_id else "platform",
-                                     str(provider or "unknown")).inc()
+        metrics.count(metrics.REQUESTS, level, str(provider or "unknown"), "served")
+        metrics.count(metrics.BYOK_REQUESTS, "byok" if byok_key_id else "platform",
+                      str(provider or "unknown"))
 
     def _success_record(
         self, rt: Runtime, kwargs: dict[str, Any], ctx: dict[str, Any],
@@ -532,7 +532,7 @@ class CreditsHandler(CustomLogger):
             session_id=session_id,
         ))
         level = str(ctx.get("power_level") or "unknown")
-        metrics.REQUESTS.labels(level, "none", "failed").inc()
+        metrics.count(metrics.REQUESTS, level, "none", "failed")
         if state is not None and state.keys and status in (401, 403):
             names = ", ".join(sorted(state.keys))
             return HTTPException(

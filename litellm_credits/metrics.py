@@ -8,9 +8,26 @@ source of truth for money.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def count(metric: Counter, *labels: str, amount: float = 1) -> None:
+    """``metric.labels(*labels).inc(amount)`` for the request path.
+
+    ``labels()`` takes a lock and re-validates every call; the label sets here
+    are few and bounded, so their children are looked up once and kept.
+    """
+    key = (id(metric), labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    child.inc(amount)
 
 REQUESTS = Counter(
     "credits_requests_total",

@@ -176,14 +176,15 @@ class Monitor:
             records = {str(r.get("request_id")): r for r in batch}
             for result in results:
                 outcome = str(result.get("outcome"))
-                SETTLEMENTS.labels(outcome).inc()
+                metrics.count(SETTLEMENTS, outcome)
                 record = records.get(str(result.get("request_id"))) or {}
                 if outcome == "debited":
                     level = str(record.get("power_level") or "unknown")
-                    metrics.CREDITS_DEBITED.labels(level).inc(_float(result.get("debited")))
-                    metrics.HOLDS.labels("settled").inc()
+                    metrics.count(metrics.CREDITS_DEBITED, level,
+                                  amount=_float(result.get("debited")))
+                    metrics.count(metrics.HOLDS, "settled")
                 elif outcome == "failure_logged" and _had_hold(record):
-                    metrics.HOLDS.labels("released").inc()
+                    metrics.count(metrics.HOLDS, "released")
             self.sync()
         except Exception:  # noqa: BLE001 - monitoring must never break settlement
             log.exception("monitoring: could not count a settled batch")

@@ -93,9 +93,11 @@ def _without_nul(value: Any) -> Any:
 
 def capped_json(value: Mapping[str, Any]) -> dict[str, Any]:
     """Metadata as stored: JSON-safe, no NUL characters, at most MAX_METADATA_BYTES."""
-    safe = _without_nul(json.loads(json.dumps(value, default=str)))
-    if len(json.dumps(safe)) <= MAX_METADATA_BYTES:
-        return dict(safe)
+    text = json.dumps(value, default=str)
+    if "\\u0000" in text:  # rare: walk it and drop the NULs PostgreSQL's jsonb refuses
+        text = json.dumps(_without_nul(json.loads(text)))
+    if len(text) <= MAX_METADATA_BYTES:
+        return dict(json.loads(text))
     return {"truncated": True, "keys": sorted(_without_nul(str(k)) for k in value)[:50]}
 
 
