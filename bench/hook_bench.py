@@ -200,6 +200,96 @@ async def run_hook_bench(url: str, users: list[str], encryption_keys: str, *, ca
     }
 
 
+async def run_concurrent_bench(url: str, users: list[str], encryption_keys: str, *,
+                               calls: int, concurrency: int = 16,
+                               upstream_seconds: float = 0.05) -> dict[str, Any]:
+    """All of the plugin's hooks per request, ``concurrency`` requests in flight at once.
+
+    Each simulated request runs what the proxy runs for it: the pre-call hook,
+    the router's filter, the deployment hook, a wait standing in for the
+    provider (``upstream_seconds``), the response-headers hook and the success
+    event. Reported: this process's CPU per request (everything the plugin does
+    on the proxy's core, the writer and background refresh included) and how
+    many reserve statements the requests needed, i.e. how well concurrent
+    reserves shared round trips.
+    """
+    from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
+
+    from litellm_credits.hook import CreditsHandler
+    from litellm_credits.runtime import Runtime
+    from litellm_credits.settings import Settings
+    from litellm_credits.vault import Vault
+
+    spool = WORK_DIR / "spool-hook-concurrent"
+    spool.mkdir(parents=True, exist_ok=True)
+    entries = model_list(UPSTREAMS_FOR_CONFIG)
+    runtime = Runtime(Settings(database_url=url, spool_dir=spool),
+                      model_list=lambda: entries, cost_map=lambda: {})
+    deployments = {str(e["model_info"]["id"]): e for e in entries}
+    handler = CreditsHandler(runtime=runtime, vault=Vault.from_env(
+        {"CREDITS_ENCRYPTION_KEYS": encryption_keys}))
+    rng = random.Random(17)
+    errors = 0
+
+    async def one_request() -> None:
+        nonlocal errors
+        user = rng.choice(users)
+        auth = UserAPIKeyAuth(api_key="sk-master-test", user_id="default_user_id",
+                              user_role=LitellmUserRoles.PROXY_ADMIN, end_user_id=user)
+        data: dict[str, Any] = {"model": MODEL_GROUP, "max_tokens": 16,
+                                "messages": [{"role": "user", "content": PROMPT}]}
+        try:
+            await handler.async_pre_call_hook(auth, None, data, "completion")
+        except Exception:  # noqa: BLE001 - counted and reported
+            errors += 1
+            return
+        chosen = await handler.async_filter_deployments(
+            MODEL_GROUP, list(entries), data["messages"], request_kwargs=data)
+        deployment = chosen[0] if chosen else deployments[data["metadata"]["credits"]
+                                                          ["route"][0]]
+        kwargs = {**data, "model_info": deployment["model_info"]}
+        await handler.async_pre_call_deployment_hook(kwargs, "acompletion")
+        await asyncio.sleep(upstream_seconds)
+        await handler.async_post_call_response_headers_hook(data, auth, None)
+        ctx = data["metadata"]["credits"]
+        await handler.async_log_success_event(
+            {"litellm_params": {"metadata": data["metadata"]},
+             "standard_logging_object": _slo(ctx, str(deployment["model_info"]["id"]))},
+            None, None, None)
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await one_request()
+
+    await runtime.ensure_started()
+    try:
+        await asyncio.gather(*(worker(20) for _ in range(concurrency)))  # warm-up
+        await runtime.writer.flush()
+        holds = runtime.ledger.holds
+        batched_before, batches_before = holds.batched, holds.batches
+        cpu_started, wall_started = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker(calls // concurrency) for _ in range(concurrency)))
+        await runtime.writer.flush()
+        cpu = time.process_time() - cpu_started
+        wall = time.perf_counter() - wall_started
+        n = (calls // concurrency) * concurrency
+        batched = holds.batched - batched_before
+        batches = holds.batches - batches_before
+    finally:
+        await runtime.stop()
+    alone = n - batched
+    return {
+        "calls": n,
+        "errors": errors,
+        "concurrency": concurrency,
+        "upstream_seconds": upstream_seconds,
+        "requests_per_s": rnd(n / wall, 1),
+        "process_cpu_ms_per_request": rnd(cpu * 1000 / max(n, 1), 4),
+        "reserve_statements_per_request": rnd((batches + alone) / max(n, 1), 3),
+        "reserves_per_batched_statement": rnd(batched / batches, 2) if batches else None,
+    }
+
+
 def main() -> None:
     import json
 

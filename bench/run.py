@@ -180,21 +180,26 @@ def main(argv: list[str] | None = None) -> int:
             results["settlement"] = settle
 
         if "hook" in parts:
-            from bench.hook_bench import run_hook_bench
+            from bench.hook_bench import run_concurrent_bench, run_hook_bench
 
             log(f"[3/4] pre-call hook in process: {profile.hook_calls} calls")
             url, seeded = prepared_database(cluster, "bench_hook", keys, profile.history // 5)
             try:
                 import uvloop
 
-                hook = uvloop.run(run_hook_bench(url, seeded.users, keys,
-                                                 calls=profile.hook_calls))
+                runner: Any = uvloop.run
             except ImportError:
-                hook = asyncio.run(run_hook_bench(url, seeded.users, keys,
-                                                  calls=profile.hook_calls))
+                runner = asyncio.run
+            hook = runner(run_hook_bench(url, seeded.users, keys, calls=profile.hook_calls))
             log(f"  pre-call hook p50 {hook['pre_call_total']['p50_ms']} ms "
                 f"(database {hook['db_round_trip']['p50_ms']} ms, rest "
                 f"{hook['non_db']['p50_ms']} ms), p99 {hook['pre_call_total']['p99_ms']} ms")
+            hook["concurrent"] = runner(run_concurrent_bench(
+                url, seeded.users, keys, calls=profile.hook_calls))
+            log(f"  all hooks, 16 in flight: "
+                f"{hook['concurrent']['process_cpu_ms_per_request']} ms CPU per request, "
+                f"{hook['concurrent']['reserve_statements_per_request']} reserve statements "
+                "per request")
             results["hook"] = hook
 
     from bench.report import finalize, write_docs

@@ -267,8 +267,12 @@ async def _baseline(url: str, records: list[dict[str, Any]], connections: int) -
 
 
 async def _reserve_rate(url: str, users: list[str], calls: int, connections: int,
-                        chunk: int = 256) -> dict[str, Any]:
-    """reserve_credits calls per second from ``connections`` connections at once.
+                        chunk: int = 256, batch: int = 64) -> dict[str, Any]:
+    """Ledger.reserve calls per second from ``connections`` callers at once.
+
+    ``batch`` is ``reserve_batch_max``: 64 (the default) lets callers that arrive
+    together share a ``reserve_credits_many`` statement, as in the proxy; 1 makes
+    every call its own ``reserve_credits`` transaction.
 
     Holds are cleared between chunks of ``chunk`` calls (not timed): in the proxy a hold lives
     only while its request is in flight, so a user never has thousands of them.
@@ -280,7 +284,7 @@ async def _reserve_rate(url: str, users: list[str], calls: int, connections: int
 
     db = Database(url, min_size=connections, max_size=connections)
     await db.open(wait=True)
-    ledger = Ledger(db)
+    ledger = Ledger(db, reserve_batch=batch)
     rng = random.Random(11)
     latencies: list[float] = []
     elapsed = 0.0
@@ -310,6 +314,8 @@ async def _reserve_rate(url: str, users: list[str], calls: int, connections: int
         await db.close()
     ms = sorted(x * 1000 for x in latencies)
     return {"per_s": rnd(len(ms) / elapsed, 1), "calls": len(ms), "connections": connections,
+            "reserve_batch_max": batch, "statements": ledger.holds.batches,
+            "batched_calls": ledger.holds.batched,
             "p50_ms": rnd(percentile(ms, 50), 3), "p99_ms": rnd(percentile(ms, 99), 3)}
 
 
@@ -496,6 +502,11 @@ def run_settle_bench(make_db: Callable[[str], str], encryption_keys: str, *, spr
         "hot_user": median_of("reserve hot:", lambda i: _run(
             lambda: _reserve_rate(url, [HOT_USER], max(reserve_calls // 2, 100),
                                   RESERVE_CONNECTIONS))),
+        "spread_single": median_of("reserve spread, one statement each:", lambda i: _run(
+            lambda: _reserve_rate(url, users, reserve_calls, RESERVE_CONNECTIONS, batch=1))),
+        "hot_user_single": median_of("reserve hot, one statement each:", lambda i: _run(
+            lambda: _reserve_rate(url, [HOT_USER], max(reserve_calls // 2, 100),
+                                  RESERVE_CONNECTIONS, batch=1))),
     }
     result["batch_cost"] = _run(lambda: _batch_cost(url, users, key_ids,
                                                     [1, 10, 50, 100, 500], batch_rounds))

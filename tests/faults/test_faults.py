@@ -313,7 +313,9 @@ async def test_two_proxies_cannot_overspend(pg_cluster_factory: ClusterFactory) 
             for o in outcomes:
                 if o.status == 402:
                     assert "insufficient credits" in (o.error or ""), o.error
-            assert {o.proxy for o in outcomes if o.ok} == {0, 1}
+            # Both proxies took part. Which one wins the balance is a race: a proxy's
+            # queued reserves share one statement, so one batch may take all N.
+            assert {o.proxy for o in outcomes if o.status in (200, 402)} == {0, 1}
             seen += outcomes
             wait_settled(env, seen)
             check_billing(env, seen)
