@@ -4,7 +4,8 @@ One :class:`Runtime` exists per proxy process. It is started lazily inside the
 proxy's event loop (the pool is created with ``open=False`` and opened there).
 A background task refreshes read-mostly configuration every few seconds:
 power levels, ``credits_per_usd`` from ``credit_settings``, recent latency per
-deployment, and the model catalog from LiteLLM's router. The hot path only
+deployment (incrementally, :mod:`litellm_credits.latency`), and the model
+catalog from LiteLLM's router. The hot path only
 reads these snapshots; it never waits on a refresh. All shared state stays in
 PostgreSQL, so a change made there reaches every replica within
 ``config_cache_seconds``.
@@ -23,6 +24,7 @@ from typing import Any
 
 from litellm_credits import errors, routing
 from litellm_credits.db import Database
+from litellm_credits.latency import LatencyWindow
 from litellm_credits.ledger import Ledger
 from litellm_credits.pricing import Price, exact, price_for
 from litellm_credits.settings import Settings, require_database_url
@@ -110,6 +112,7 @@ class Runtime:
             statement_timeout_ms=settings.statement_timeout_ms,
         )
         self.ledger = Ledger(self.db, reserve_batch=settings.reserve_batch_max)
+        self.latency = LatencyWindow(settings.latency_window_seconds)
         self.spool = Spool(settings.spool_dir)
         self.writer = Writer(
             self.ledger,
@@ -172,9 +175,7 @@ class Runtime:
     async def refresh(self) -> None:
         levels_rows = await self.db.fetchall("power_levels")
         setting_rows = await self.db.fetchall("settings")
-        latency_rows = await self.db.fetchall(
-            "recent_latency", {"window_seconds": self.settings.latency_window_seconds}
-        )
+        latency_ms = await self.latency.refresh(self.db)
         aliases = self.settings.provider_aliases
         values = {r["key"]: r["value"] for r in setting_rows}
         credits_per_usd = self.settings.credits_per_usd
@@ -189,10 +190,7 @@ class Runtime:
         self.snapshot = Snapshot(
             levels={r["power_level"]: routing.level_from_row(r, aliases) for r in levels_rows},
             credits_per_usd=credits_per_usd,
-            latency_ms={
-                (r["model_group"], r["deployment_id"]): int(r["latency_ms"])
-                for r in latency_rows if r["deployment_id"]
-            },
+            latency_ms=latency_ms,
             catalog=build_catalog(self._model_list(), self.settings, self._cost_map()),
             loaded_at=time.monotonic(),
         )

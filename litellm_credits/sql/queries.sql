@@ -129,14 +129,18 @@ INSERT INTO credit_settings (key, value, updated_by) VALUES (%(key)s, %(value)s,
 ON CONFLICT (key) DO UPDATE
    SET value = EXCLUDED.value, updated_by = EXCLUDED.updated_by, updated_at = now();
 
--- name: recent_latency
--- Mean latency of successful requests per deployment (model_info.id) over the recent window.
+-- name: latency_since
+-- Latency of successful requests per deployment (model_info.id) and minute, over the
+-- usage rows after %(after_id)s that fall in the window (litellm_credits.latency keeps
+-- the running sums, so a refresh reads only the rows since the last one).
 SELECT model_group, response_metadata->>'deployment_id' AS deployment_id,
-       avg(latency_ms)::integer AS latency_ms, count(*) AS n
+       floor(extract(epoch FROM created_at) / 60)::bigint AS minute,
+       sum(latency_ms)::bigint AS total_ms, count(*) AS n, max(id) AS last_id
   FROM llm_usage_log
- WHERE created_at > now() - make_interval(secs => %(window_seconds)s)
+ WHERE id > %(after_id)s
+   AND created_at > now() - make_interval(secs => %(window_seconds)s)
    AND success AND latency_ms IS NOT NULL AND model_group IS NOT NULL
- GROUP BY 1, 2;
+ GROUP BY 1, 2, 3;
 
 -- name: packages_active
 SELECT id, name, description, credits, price_usd, discount_percentage, badge, sort_order
