@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,6 +57,10 @@ def parse_amount(value: Any, *, allow_zero: bool = False) -> Decimal:
     return amount
 
 
+# The same set as SQL's [[:cntrl:]]: C0, DEL and C1.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _encodable(value: str) -> bool:
     try:
         value.encode("utf-8")
@@ -69,8 +74,7 @@ def check_user_id(user_id: Any) -> str:
         raise errors.InvalidUserId("user id is empty; pass the LiteLLM user id")
     if len(user_id) > 255:
         raise errors.InvalidUserId(f"user id is {len(user_id)} characters long; the limit is 255")
-    # The same set as SQL's [[:cntrl:]]: C0, DEL and C1.
-    if any(ord(c) < 32 or 127 <= ord(c) <= 159 for c in user_id):
+    if _CONTROL.search(user_id):
         raise errors.InvalidUserId("user id contains control characters")
     if not _encodable(user_id):
         raise errors.InvalidUserId("user id is not valid Unicode")

@@ -90,22 +90,25 @@ def price_for(
     return None
 
 
-def _exact_context() -> decimal.Context:
-    # Products of a few 28-digit factors are exact at 100 digits, so the only
-    # rounding is the final quantize (no double rounding).
-    return decimal.Context(prec=100, rounding=ROUND_HALF_EVEN)
+# Products of a few 28-digit factors are exact at 100 digits, so the only
+# rounding is the final quantize (no double rounding). Used through its methods
+# rather than decimal.localcontext, which costs more than the arithmetic.
+_EXACT = decimal.Context(prec=100, rounding=ROUND_HALF_EVEN)
 
 
 def to_credits(usd: Decimal, credits_per_usd: Decimal, multiplier: Decimal) -> Decimal:
     """Credits charged = provider cost in USD x credits_per_usd x the level's multiplier."""
-    with decimal.localcontext(_exact_context()):
-        return (usd * credits_per_usd * multiplier).quantize(CREDIT_PLACES)
+    product = _EXACT.multiply(_EXACT.multiply(usd, credits_per_usd), multiplier)
+    return product.quantize(CREDIT_PLACES, context=_EXACT)
 
 
 def byok_fee(full_credits: Decimal, fee_percent: Decimal) -> Decimal:
     """What a BYOK request pays: a percentage of what it would have cost."""
-    with decimal.localcontext(_exact_context()):
-        return (full_credits * fee_percent / 100).quantize(CREDIT_PLACES)
+    share = _EXACT.divide(_EXACT.multiply(full_credits, fee_percent), _HUNDRED)
+    return share.quantize(CREDIT_PLACES, context=_EXACT)
+
+
+_HUNDRED = Decimal(100)
 
 
 def estimate_prompt_tokens(messages: Any) -> int:
