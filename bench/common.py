@@ -49,7 +49,7 @@ PROVIDERS: dict[str, tuple[str, int]] = {
     "openrouter": ("0.80", 1),
 }
 MODEL_GROUP = "chat"
-BYOK_EVERY = 10  # every 10th user brings their own key: 10 %
+BYOK_EVERY = int(os.environ.get("BENCH_BYOK_EVERY", "10"))  # every 10th user: 10 % BYOK
 GRANT = Decimal("1000000")
 
 

@@ -676,8 +676,63 @@ def exp_proxy_coalesce(cluster: Any, keys: str, quick: bool, log: Callable[[str]
     return out
 
 
+# Knock-outs for the remaining proxy CPU (not fixes: each removes something needed).
+PY_NO_NUM_RETRIES = ("hook.py", [(
+    '        data["num_retries"] = max(len(route.ids) - 1, 0) + sum(',
+    '        _ = max(len(route.ids) - 1, 0) + sum(')])
+PY_NO_ROUTER_HOOKS = ("hook.py", [
+    ("    async def async_filter_deployments(", "    async def _off_filter_deployments("),
+    ("    async def async_pre_call_deployment_hook(", "    async def _off_deployment_hook("),
+])
+
+
+def exp_proxy_knockouts(cluster: Any, keys: str, quick: bool, log: Callable[[str], None]
+                        ) -> dict[str, Any]:
+    """What the plugin's remaining proxy CPU is made of, by knocking parts out."""
+    from bench.proxy_bench import CALLBACK, Arm, alternate, compare, plugin_env, proxy_set
+
+    url, users = _seeded(cluster, "exp_knockouts", keys, prefix="bench-u", hot=False)
+    preload_history(url, users, 20_000)
+    _analyze(url)
+    no_retries = scratch_package([PY_NO_NUM_RETRIES])
+    no_router = scratch_package([PY_NO_ROUTER_HOOKS])
+    spool = WORK_DIR / "proxy"
+    arms = [
+        Arm("off", PROXY_OFF_PORT),
+        Arm("on", PROXY_ON_PORT, (CALLBACK,), plugin_env(url, keys, spool / "k1")),
+        Arm("on_no_num_retries", PROXY_OFF_PORT + 2, (CALLBACK,),
+            plugin_env(url, keys, spool / "k2", str(no_retries))),
+        Arm("on_no_router_hooks", PROXY_OFF_PORT + 3, (CALLBACK,),
+            plugin_env(url, keys, spool / "k3", str(no_router))),
+    ]
+    names = [a.name for a in arms]
+    try:
+        with proxy_set(arms) as pset:
+            runs = alternate(pset, names, users, concurrencies=[16], pairs=3,
+                             duration=5 if quick else 8, warmup=5, pause=0.5,
+                             postmaster_pid=cluster._postmaster_pid(),  # noqa: SLF001
+                             extra_pairs=0, log=log)
+    finally:
+        shutil.rmtree(no_retries, ignore_errors=True)
+        shutil.rmtree(no_router, ignore_errors=True)
+    out: dict[str, Any] = {"quick": quick}
+    for key, rs in runs.items():
+        out[key] = {"off_proxy_cpu_ms_per_request": compare(rs, "on", "off")["off"][
+            "cpu_ms_per_request"].get("proxy")}
+        for arm in names[1:]:
+            c = compare(rs, arm, "off")
+            out[key][arm] = {"throughput_ratio": c.get("throughput_ratio"),
+                             "proxy_cpu_ms_per_request": c[arm]["cpu_ms_per_request"].get("proxy")}
+        log(f"  {key}: " + "; ".join(
+            f"{arm} ratio {out[key][arm]['throughput_ratio']} cpu "
+            f"{out[key][arm]['proxy_cpu_ms_per_request']}" for arm in names[1:])
+            + f"; off cpu {out[key]['off_proxy_cpu_ms_per_request']}")
+    return out
+
+
 EXPERIMENTS: dict[str, Callable[..., dict[str, Any]]] = {
     "refresh_query": exp_refresh_query,
+    "proxy_knockouts": exp_proxy_knockouts,
     "settle_plans": exp_settle_plans,
     "reserve_commit": exp_reserve_commit,
     "reserve_coalesce": exp_reserve_coalesce,
