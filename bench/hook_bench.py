@@ -202,7 +202,8 @@ async def run_hook_bench(url: str, users: list[str], encryption_keys: str, *, ca
 
 async def run_concurrent_bench(url: str, users: list[str], encryption_keys: str, *,
                                calls: int, concurrency: int = 16,
-                               upstream_seconds: float = 0.05) -> dict[str, Any]:
+                               upstream_seconds: float = 0.05,
+                               **settings: Any) -> dict[str, Any]:
     """All of the plugin's hooks per request, ``concurrency`` requests in flight at once.
 
     Each simulated request runs what the proxy runs for it: the pre-call hook,
@@ -223,7 +224,7 @@ async def run_concurrent_bench(url: str, users: list[str], encryption_keys: str,
     spool = WORK_DIR / "spool-hook-concurrent"
     spool.mkdir(parents=True, exist_ok=True)
     entries = model_list(UPSTREAMS_FOR_CONFIG)
-    runtime = Runtime(Settings(database_url=url, spool_dir=spool),
+    runtime = Runtime(Settings(database_url=url, spool_dir=spool, **settings),
                       model_list=lambda: entries, cost_map=lambda: {})
     deployments = {str(e["model_info"]["id"]): e for e in entries}
     handler = CreditsHandler(runtime=runtime, vault=Vault.from_env(
