@@ -228,6 +228,18 @@ class Database:
         task.add_done_callback(self._forget)
         raise self._too_slow()
 
+    async def within_deadline(self, future: asyncio.Future[T]) -> T:
+        """Await a future that database work will complete, at most the client deadline.
+
+        Awaited directly, so a timeout or a cancelled caller cancels the future
+        itself at once, and whoever would complete it can see that and skip it.
+        """
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await future
+        except TimeoutError:
+            raise self._too_slow() from None
+
     def _forget(self, task: asyncio.Future[Any]) -> None:
         self._abandoned.discard(task)
         if not task.cancelled():

@@ -64,6 +64,7 @@ class HoldPlacer:
         self.max_batch = max_batch
         self._queue: list[tuple[HoldRequest, asyncio.Future[Row]]] = []
         self._sender: asyncio.Task[None] | None = None
+        self._retries: set[asyncio.Task[None]] = set()
         self.batches = 0  # statements sent, for the benchmark and tests
         self.batched = 0  # requests that went in them
 
@@ -75,7 +76,11 @@ class HoldPlacer:
         self._queue.append((request, future))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_all())
-        return await future
+        # Each caller keeps the database deadline it had when every reserve was its
+        # own round trip, however long the statements ahead of it take. A request
+        # that times out or is cancelled before its turn cancels its future, and the
+        # sender skips it: its hold is never placed.
+        return await self.db.within_deadline(future)
 
     async def _alone(self, request: HoldRequest) -> Row:
         row = await self.db.fetchone("reserve", request.params())
@@ -104,16 +109,15 @@ class HoldPlacer:
         live = [(r, f) for r, f in batch if not f.done()]  # a caller may have given up
         if not live:
             return
-        if len(live) == 1:
-            await self._settle_alone(*live[0])
-            return
+        # Even a lone reserve goes through reserve_credits_many: its NOWAIT keeps
+        # a locked account from stalling the sender and everything queued behind it.
         items = json.dumps([r.item() for r, _ in live])
         try:
             rows = await self.db.bounded(self._many(items))
         except errors.InvalidInput:
             # The statement as a whole was refused (malformed input slipped past
             # validation): find the culprit by sending each on its own.
-            await asyncio.gather(*(self._settle_alone(r, f) for r, f in live))
+            self._retry_alone(live)
             return
         self.batches += 1
         self.batched += len(live)
@@ -133,8 +137,18 @@ class HoldPlacer:
                     from_sqlstate(row["err_state"], row["err_message"] or "", row["err_hint"]))
             else:
                 future.set_result(row)
-        if retry:
-            await asyncio.gather(*(self._settle_alone(r, f) for r, f in retry))
+        self._retry_alone(retry)
+
+    def _retry_alone(self, items: list[tuple[HoldRequest, asyncio.Future[Row]]]) -> None:
+        """Send each with the single ``reserve``, without holding up the sender.
+
+        A retry may wait for its account's lock up to the statement timeout; the
+        batches queueing behind this one must not wait with it.
+        """
+        for request, future in items:
+            task = asyncio.create_task(self._settle_alone(request, future))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
 
     async def _many(self, items: str) -> list[Row]:
         async with self.db.connection() as conn:

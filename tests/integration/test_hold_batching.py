@@ -129,10 +129,32 @@ async def test_a_locked_account_does_not_hold_up_the_rest_of_the_batch(
         assert {t for t in tasks if t in done} == {tasks[0], tasks[2], tasks[3]}, quick
         assert pending == {tasks[1]}  # waits for the lock on its own, alone
         assert all(t.result().status == "placed" for t in done)
+        # Reserves arriving while it waits are not queued behind it.
+        later = asyncio.gather(*(ledger.reserve(u, f"r2-{u}", D(1), None, 600)
+                                 for u in ("ann", "bob")))
+        assert [r.status for r in await asyncio.wait_for(later, 1.0)] == ["placed"] * 2
+        assert not tasks[1].done()
         blocker.rollback()
     locked = await asyncio.wait_for(tasks[1], 5)
     assert locked.status == "placed"
-    assert sorted(held(db_conn)) == ["r-ann", "r-bob", "r-cat", "r-locked"]
+    assert sorted(held(db_conn)) == ["r-ann", "r-bob", "r-cat", "r-locked", "r2-ann", "r2-bob"]
+
+
+async def test_a_lone_reserve_on_a_locked_account_does_not_stall_the_queue(
+    db: Database, db_url: str, db_conn: psycopg.Connection
+) -> None:
+    for user in ("ann", "locked"):
+        grant(db_conn, user, "100")
+    ledger = Ledger(db)
+    with psycopg.connect(db_url) as blocker:
+        blocker.execute("SELECT 1 FROM user_credits WHERE user_id = 'locked' FOR UPDATE")
+        waiting = asyncio.create_task(ledger.reserve("locked", "l-1", D(1), None, 600))
+        await asyncio.sleep(0.2)  # sent alone, found the lock, now retried on its own
+        assert not waiting.done()
+        quick = await asyncio.wait_for(ledger.reserve("ann", "a-1", D(1), None, 600), 1.0)
+        assert quick.status == "placed"
+        blocker.rollback()
+    assert (await asyncio.wait_for(waiting, 5)).status == "placed"
 
 
 async def test_batches_from_two_proxies_on_the_same_accounts_do_not_deadlock(
@@ -258,5 +280,5 @@ async def test_batch_size_is_bounded(db: Database, db_conn: psycopg.Connection) 
     ledger = Ledger(db, reserve_batch=5)
     results = await reserve_all(ledger, [("ann", f"b-{i}", "1", None) for i in range(21)])
     assert [getattr(r, "status", r) for r in results] == ["placed"] * 21
-    # Statements of at most 5: 5, 5, 5, 5, and the last one alone.
-    assert ledger.holds.batches == 4 and ledger.holds.batched == 20
+    # Statements of at most 5: 5, 5, 5, 5, 1.
+    assert ledger.holds.batches == 5 and ledger.holds.batched == 21
