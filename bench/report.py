@@ -497,6 +497,7 @@ def _findings_section(results: dict[str, Any]) -> list[str]:
     b64 = (before.get("proxy") or {}).get("c64") or {}
     c64 = proxy.get("c64") or {}
     bhook = before.get("hook") or {}
+    out += _history_section()
     out += [
         "### Where the time goes",
         "",
@@ -930,6 +931,50 @@ def render(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+HISTORY_PATH = RESULTS_DIR / "history.jsonl"
+HISTORY_KEYS = ("proxy.c16.throughput_ratio", "proxy.c64.throughput_ratio",
+                "proxy.c16.p50_added_ms", "proxy.c16.p99_added_ms",
+                "settlement.spread_per_s", "settlement.hot_user_per_s")
+
+
+def record_history(results: dict[str, Any], path: Path = HISTORY_PATH) -> None:
+    """Append this run's target figures, with the commit measured, to the run history."""
+    import subprocess
+
+    from bench.common import REPO_ROOT
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, check=False).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "litellm_credits"],
+                           cwd=REPO_ROOT, capture_output=True, text=True,
+                           check=False).stdout.strip()
+    entry = {"generated_at": results.get("generated_at"),
+             "commit": (commit + "+changes" if dirty else commit) or None,
+             **{key: get(results, key) for key in HISTORY_KEYS}}
+    with path.open("a") as out:
+        out.write(json.dumps(entry) + "\n")
+
+
+def _history_section() -> list[str]:
+    if not HISTORY_PATH.exists():
+        return []
+    entries = [json.loads(line) for line in HISTORY_PATH.read_text().splitlines() if line]
+    if len(entries) < 2:
+        return []
+    out = ["### Run to run", "",
+           "Every full `make bench` appends its target figures to "
+           "`bench/results/history.jsonl`. The machine is shared and noisy, so one run is one "
+           "sample: compare the runs measured on the same commit.", "",
+           "| run | commit | c16 ratio | c64 ratio | c16 p50 added (ms) | c16 p99 added (ms) "
+           "| settled/s spread | settled/s hot |",
+           "|---|---|---|---|---|---|---|---|"]
+    for e in entries:
+        out.append(f"| {e.get('generated_at')} | {e.get('commit') or 'n/a'} | "
+                   + " | ".join(_f(e.get(k), 3 if "ratio" in k else (1 if "ms" in k else 0))
+                                for k in HISTORY_KEYS) + " |")
+    return out + [""]
 
 
 def write_docs(results: dict[str, Any], path: Path = DOCS_PATH) -> Path:

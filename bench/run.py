@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 "per request")
             results["hook"] = hook
 
-    from bench.report import finalize, write_docs
+    from bench.report import finalize, record_history, write_docs
 
     results["duration_s"] = round(time.perf_counter() - started, 1)
     finalize(results)
@@ -210,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
     log(f"wrote {args.output}")
+    if not args.no_docs and not args.quick and results.get("proxy") and results.get("settlement"):
+        record_history(results)  # full default runs only, so the history compares like with like
     if not args.no_docs:
         path = write_docs(results)
         log(f"wrote {path}")
