@@ -35,7 +35,7 @@ import os
 import random
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psycopg
@@ -52,6 +52,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from devtools.pg import DB_USER, HOST, ClusterFactory, PgCluster, port_is_free  # noqa: E402
+from litellm_credits.db import Database  # noqa: E402
 
 RUN_DIR = REPO_ROOT / ".run"
 DEFAULT_TEST_PORT = 55432
@@ -163,6 +164,17 @@ def empty_db_url(credits_pg: NoopExecutor) -> Iterator[str]:
 def db_conn(db_url: str) -> Iterator[psycopg.Connection[TupleRow]]:
     with psycopg.connect(db_url, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+async def database(db_url: str) -> AsyncIterator[Database]:
+    """The package's own async pool on a fresh database, opened in the test's loop."""
+    pool = Database(db_url, min_size=1, max_size=4)
+    await pool.open(wait=True)
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 _factory_serial = itertools.count()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 
 import psycopg
@@ -29,15 +29,6 @@ def held(conn: psycopg.Connection) -> dict[str, tuple[str, Decimal]]:
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url, min_size=1, max_size=4)
-    await database.open(wait=True)
-    try:
-        yield database
-    finally:
-        await database.close()
-
 
 async def reserve_all(ledger: Ledger, calls: Sequence[tuple[str, str, str, str | None]],
                       ) -> list[Reservation | BaseException]:
@@ -48,12 +39,12 @@ async def reserve_all(ledger: Ledger, calls: Sequence[tuple[str, str, str, str |
 
 
 async def test_concurrent_reserves_go_in_few_statements_with_exact_results(
-    db: Database, db_conn: psycopg.Connection
+    database: Database, db_conn: psycopg.Connection
 ) -> None:
     for i in range(40):
         grant(db_conn, f"u{i:02d}", "100")
     db_conn.execute("UPDATE user_credits SET power_level = 'eco' WHERE user_id < 'u10'")
-    ledger = Ledger(db)
+    ledger = Ledger(database)
     calls = [(f"u{i:02d}", f"req-{i}", f"{i + 1}", None) for i in range(40)]
     results = await reserve_all(ledger, calls)
 
@@ -72,13 +63,13 @@ async def test_concurrent_reserves_go_in_few_statements_with_exact_results(
 
 
 async def test_a_bad_item_fails_alone_with_the_error_it_would_get_alone(
-    db: Database, db_conn: psycopg.Connection
+    database: Database, db_conn: psycopg.Connection
 ) -> None:
     grant(db_conn, "ann", "100")
     grant(db_conn, "bob", "100")
     grant(db_conn, "cat", "1")
     db_conn.execute("UPDATE user_credits SET level_override_allowed = FALSE WHERE user_id = 'bob'")
-    ledger = Ledger(db)
+    ledger = Ledger(database)
     results = await reserve_all(ledger, [
         ("ann", "warm", "1", None),
         ("nobody", "r-1", "1", None),        # no account
@@ -100,10 +91,10 @@ async def test_a_bad_item_fails_alone_with_the_error_it_would_get_alone(
 
 
 async def test_one_account_gets_exactly_what_its_balance_covers_within_a_batch(
-    db: Database, db_conn: psycopg.Connection
+    database: Database, db_conn: psycopg.Connection
 ) -> None:
     grant(db_conn, "hot", "10")
-    ledger = Ledger(db)
+    ledger = Ledger(database)
     results = await reserve_all(ledger, [("hot", f"h-{i}", "1", None) for i in range(25)])
     statuses = [r.status for r in results if isinstance(r, Reservation)]
     assert len(statuses) == 25
@@ -114,11 +105,11 @@ async def test_one_account_gets_exactly_what_its_balance_covers_within_a_batch(
 
 
 async def test_a_locked_account_does_not_hold_up_the_rest_of_the_batch(
-    db: Database, db_url: str, db_conn: psycopg.Connection
+    database: Database, db_url: str, db_conn: psycopg.Connection
 ) -> None:
     for user in ("ann", "bob", "cat", "locked"):
         grant(db_conn, user, "100")
-    ledger = Ledger(db)
+    ledger = Ledger(database)
     with psycopg.connect(db_url) as blocker:  # an open transaction holds the row
         blocker.execute("SELECT 1 FROM user_credits WHERE user_id = 'locked' FOR UPDATE")
         started = time.monotonic()
@@ -141,11 +132,11 @@ async def test_a_locked_account_does_not_hold_up_the_rest_of_the_batch(
 
 
 async def test_a_lone_reserve_on_a_locked_account_does_not_stall_the_queue(
-    db: Database, db_url: str, db_conn: psycopg.Connection
+    database: Database, db_url: str, db_conn: psycopg.Connection
 ) -> None:
     for user in ("ann", "locked"):
         grant(db_conn, user, "100")
-    ledger = Ledger(db)
+    ledger = Ledger(database)
     with psycopg.connect(db_url) as blocker:
         blocker.execute("SELECT 1 FROM user_credits WHERE user_id = 'locked' FOR UPDATE")
         waiting = asyncio.create_task(ledger.reserve("locked", "l-1", D(1), None, 600))
@@ -187,10 +178,10 @@ async def test_batches_from_two_proxies_on_the_same_accounts_do_not_deadlock(
 
 
 async def test_a_statement_refused_as_a_whole_is_retried_item_by_item(
-    db: Database, db_conn: psycopg.Connection
+    database: Database, db_conn: psycopg.Connection
 ) -> None:
     grant(db_conn, "ann", "100")
-    ledger = Ledger(db)
+    ledger = Ledger(database)
     first = asyncio.create_task(ledger.reserve("ann", "a-0", D(1), None, 600))
     # A ttl past INTEGER fails the whole jsonb_to_recordset, not just its item; the
     # five share one statement (they all queue before the sender's first turn).
@@ -204,8 +195,8 @@ async def test_a_statement_refused_as_a_whole_is_retried_item_by_item(
     assert sorted(held(db_conn)) == ["a-0", "a-1", "a-2", "a-3"]
 
 
-async def test_bad_text_is_refused_before_it_reaches_a_shared_statement(db: Database) -> None:
-    ledger = Ledger(db)
+async def test_bad_text_is_refused_before_it_reaches_a_shared_statement(database: Database) -> None:
+    ledger = Ledger(database)
     with pytest.raises(errors.InvalidUserId):
         await ledger.reserve("bad\x00user", "r", D(1), None, 600)
     with pytest.raises(errors.InvalidUserId):
@@ -220,11 +211,11 @@ async def test_bad_text_is_refused_before_it_reaches_a_shared_statement(db: Data
 
 
 async def test_a_caller_that_gives_up_does_not_disturb_the_others(
-    db: Database, db_conn: psycopg.Connection
+    database: Database, db_conn: psycopg.Connection
 ) -> None:
     for user in ("ann", "bob"):
         grant(db_conn, user, "100")
-    ledger = Ledger(db)
+    ledger = Ledger(database)
     first = asyncio.create_task(ledger.reserve("ann", "c-0", D(1), None, 600))
     gone = asyncio.create_task(ledger.reserve("bob", "c-gone", D(1), None, 600))
     stays = asyncio.create_task(ledger.reserve("bob", "c-stays", D(1), None, 600))
@@ -264,20 +255,20 @@ async def test_a_lost_database_fails_every_waiting_reserve_then_recovers(
 
 
 async def test_batching_off_sends_each_reserve_alone(
-    db: Database, db_conn: psycopg.Connection
+    database: Database, db_conn: psycopg.Connection
 ) -> None:
     grant(db_conn, "ann", "100")
-    ledger = Ledger(db, reserve_batch=1)
+    ledger = Ledger(database, reserve_batch=1)
     results = await reserve_all(ledger, [("ann", f"o-{i}", "1", None) for i in range(8)])
     assert [getattr(r, "status", r) for r in results] == ["placed"] * 8
     assert ledger.holds.batches == 0
     with pytest.raises(errors.ConfigError):
-        Ledger(db, reserve_batch=0)
+        Ledger(database, reserve_batch=0)
 
 
-async def test_batch_size_is_bounded(db: Database, db_conn: psycopg.Connection) -> None:
+async def test_batch_size_is_bounded(database: Database, db_conn: psycopg.Connection) -> None:
     grant(db_conn, "ann", "1000")
-    ledger = Ledger(db, reserve_batch=5)
+    ledger = Ledger(database, reserve_batch=5)
     results = await reserve_all(ledger, [("ann", f"b-{i}", "1", None) for i in range(21)])
     assert [getattr(r, "status", r) for r in results] == ["placed"] * 21
     # Statements of at most 5: 5, 5, 5, 5, 1.

@@ -3,23 +3,10 @@ the first refresh reads the window, later ones only the new rows, old minutes ex
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import psycopg
-import pytest
 
 from litellm_credits.db import Database
 from litellm_credits.latency import LatencyWindow
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url, min_size=1, max_size=2)
-    await database.open(wait=True)
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 def usage(conn: psycopg.Connection, n: int, deployment: str | None, latency: int | None, *,
@@ -37,7 +24,7 @@ def usage(conn: psycopg.Connection, n: int, deployment: str | None, latency: int
 
 
 async def test_first_refresh_reads_the_window_then_only_new_rows(
-    db: Database, db_conn: psycopg.Connection
+    database: Database, db_conn: psycopg.Connection
 ) -> None:
     usage(db_conn, 3, "a", 100)
     usage(db_conn, 1, "a", 401)
@@ -46,16 +33,16 @@ async def test_first_refresh_reads_the_window_then_only_new_rows(
     usage(db_conn, 5, None, 9999)                         # no deployment id: unusable
     usage(db_conn, 5, "a", 9999, age_s=3600)              # outside the window
     window = LatencyWindow(300)
-    assert await window.refresh(db) == {("chat", "a"): 175, ("other", "b"): 2000}
+    assert await window.refresh(database) == {("chat", "a"): 175, ("other", "b"): 2000}
     first_last_id = window.last_id
     assert first_last_id > 0
 
     # Nothing new: nothing read, same answer.
-    assert await window.refresh(db) == {("chat", "a"): 175, ("other", "b"): 2000}
+    assert await window.refresh(database) == {("chat", "a"): 175, ("other", "b"): 2000}
     assert window.last_id == first_last_id
 
     usage(db_conn, 4, "a", 300, tag="later")
-    assert await window.refresh(db) == {("chat", "a"): 238, ("other", "b"): 2000}  # 1901 / 8
+    assert await window.refresh(database) == {("chat", "a"): 238, ("other", "b"): 2000}  # 1901 / 8
     assert window.last_id > first_last_id
     # The same means as the whole window computed at once.
     whole = dict(((r[0], r[1]), r[2]) for r in db_conn.execute(
@@ -63,11 +50,11 @@ async def test_first_refresh_reads_the_window_then_only_new_rows(
         "  FROM llm_usage_log WHERE success AND latency_ms IS NOT NULL"
         "   AND response_metadata ? 'deployment_id' AND created_at > now() - interval '300 s'"
         " GROUP BY 1, 2").fetchall())
-    assert whole == await window.refresh(db)
+    assert whole == await window.refresh(database)
 
 
 async def test_minutes_older_than_the_window_are_dropped(
-    db: Database, db_conn: psycopg.Connection
+    database: Database, db_conn: psycopg.Connection
 ) -> None:
     usage(db_conn, 2, "a", 100, age_s=200)
     usage(db_conn, 2, "a", 300)
@@ -76,9 +63,9 @@ async def test_minutes_older_than_the_window_are_dropped(
     rows_time = db_conn.execute("SELECT extract(epoch FROM now())::float8").fetchone()
     assert rows_time is not None
     now[0] = rows_time[0]
-    assert await window.refresh(db) == {("chat", "a"): 200}
+    assert await window.refresh(database) == {("chat", "a"): 200}
     # Four minutes later the 200-second-old rows are past the window; the newer remain.
     now[0] += 240
-    assert await window.refresh(db) == {("chat", "a"): 300}
+    assert await window.refresh(database) == {("chat", "a"): 300}
     now[0] += 600
-    assert await window.refresh(db) == {}
+    assert await window.refresh(database) == {}
