@@ -109,7 +109,7 @@ def bench_cluster() -> Iterator[PgCluster]:
 
 def fresh_database(cluster: PgCluster, name: str) -> str:
     """Drop and re-create ``name``, apply the migrations, return its URL."""
-    from litellm_credits.migrations import migrate
+    from litellm_credits.store.migrate import migrate
 
     cluster.drop_database(name)
     url = cluster.create_database(name)
@@ -131,10 +131,10 @@ async def seed_users(url: str, n: int, encryption_keys: str | None,
 
     Everything goes through the package's own ledger and key store.
     """
-    from litellm_credits.db import Database
-    from litellm_credits.keys import KeyStore
+    from litellm_credits.byok.keys import KeyStore
+    from litellm_credits.byok.vault import Vault
     from litellm_credits.ledger import Ledger
-    from litellm_credits.vault import Vault
+    from litellm_credits.store.db import Database
 
     started = time.perf_counter()
     db = Database(url, min_size=1, max_size=8)

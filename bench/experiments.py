@@ -169,7 +169,7 @@ PY_COALESCE = ("ledger.py", [(
         return await future
 
     async def _flush_reserves(self) -> None:
-        from litellm_credits.db import _SQLSTATE_ERRORS, translate
+        from litellm_credits.store.db import _SQLSTATE_ERRORS, translate
 
         try:
             while self._pending:
@@ -299,8 +299,8 @@ def _seeded(cluster: Any, name: str, keys: str | None, prefix: str = "set-u",
 
 
 async def _batch_times(url: str, batches: list[list[dict[str, Any]]]) -> list[float]:
-    from litellm_credits.db import Database
     from litellm_credits.ledger import Ledger
+    from litellm_credits.store.db import Database
 
     db = Database(url, min_size=1, max_size=1)
     await db.open(wait=True)
@@ -369,8 +369,8 @@ def exp_settle_plans(cluster: Any, keys: str, quick: bool, log: Callable[[str], 
 
 
 async def _reserve_latency(url: str, users: list[str], calls: int) -> dict[str, Any]:
-    from litellm_credits.db import Database
     from litellm_credits.ledger import Ledger
+    from litellm_credits.store.db import Database
 
     db = Database(url, min_size=1, max_size=1)
     await db.open(wait=True)
@@ -453,8 +453,8 @@ SELECT x.ord, r.status, r.power_level, r.cost_multiplier, r.hold_amount, r.balan
 
 
 async def _coalesce(url: str, users: list[str], calls: int, k: int) -> dict[str, Any]:
-    from litellm_credits.db import Database
     from litellm_credits.ledger import Ledger
+    from litellm_credits.store.db import Database
 
     db = Database(url, min_size=1, max_size=1)
     await db.open(wait=True)
@@ -578,7 +578,7 @@ def exp_refresh_query(cluster: Any, keys: str, quick: bool, log: Callable[[str],
     """F5: reading the whole 5-minute window against reading only the rows since the last
     refresh (``latency_since``), with that many rows in the window and 600 new ones (5 s at
     120 req/s)."""
-    from litellm_credits.db import query
+    from litellm_credits.store.db import query
 
     incremental = query("latency_since")
     url, users = _seeded(cluster, "exp_refresh", keys, hot=False)

@@ -84,10 +84,10 @@ async def run_hook_bench(url: str, users: list[str], encryption_keys: str, *, ca
                          warmup: int = 300, profile_path: Path | None = None) -> dict[str, Any]:
     from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 
+    from litellm_credits.byok.vault import Vault
     from litellm_credits.hook import CreditsHandler
     from litellm_credits.runtime import Runtime
     from litellm_credits.settings import Settings
-    from litellm_credits.vault import Vault
 
     spool = WORK_DIR / "spool-hook"
     spool.mkdir(parents=True, exist_ok=True)
@@ -216,10 +216,10 @@ async def run_concurrent_bench(url: str, users: list[str], encryption_keys: str,
     """
     from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 
+    from litellm_credits.byok.vault import Vault
     from litellm_credits.hook import CreditsHandler
     from litellm_credits.runtime import Runtime
     from litellm_credits.settings import Settings
-    from litellm_credits.vault import Vault
 
     spool = WORK_DIR / "spool-hook-concurrent"
     spool.mkdir(parents=True, exist_ok=True)

@@ -402,10 +402,10 @@ def _applied() -> dict[str, bool]:
             return ""
 
     ledger = text("ledger.py")
-    settle_sql = text("sql/migrations/0003_settlement.sql")
+    settle_sql = text("store/migrations/0003_settlement.sql")
     settle_fn = ledger[ledger.find("async def settle("):][:600]
     return {
-        "F1": "synchronous_commit" in text("sql/migrations/0002_ledger.sql"),
+        "F1": "synchronous_commit" in text("store/migrations/0002_ledger.sql"),
         "F2": "reserve_credits_many" in text("holds.py") and "HoldPlacer" in ledger,
         "F3": "LATERAL" in settle_sql and "JOIN r ON r.request_id = i.request_id" not in settle_sql,
         "F4": "db.transaction()" not in settle_fn and bool(settle_fn),

@@ -3,7 +3,7 @@
 Settling one request = one ``llm_usage_log`` row + one usage debit (a chained
 ``credit_transactions`` row and the balance update) + its hold released.
 
-* **writer**: the package's own :class:`~litellm_credits.writer.Writer` (the
+* **writer**: the package's own :class:`~litellm_credits.settlement.writer.Writer` (the
   background task every proxy runs), fed with records built by the package's
   ``success_record``; it takes them in batches (``batch_size`` 500, as
   configured by default) and settles each batch in one transaction through
@@ -70,7 +70,7 @@ VALUES (
 def make_records(users: list[str], n: int, key_ids: dict[str, int],
                  seed: int) -> list[dict[str, Any]]:
     """``n`` settlement records as the hook builds them, for users drawn at random."""
-    from litellm_credits.settlement import Charge, success_record
+    from litellm_credits.settlement.record import Charge, success_record
 
     rng = random.Random(seed)
     records = []
@@ -132,10 +132,10 @@ def check_settled(url: str, records: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def _writer_settle(url: str, records: list[dict[str, Any]], batch_size: int,
                          flush_ms: int) -> dict[str, Any]:
-    from litellm_credits.db import Database
     from litellm_credits.ledger import Ledger
-    from litellm_credits.spool import Spool
-    from litellm_credits.writer import Writer
+    from litellm_credits.settlement.spool import Spool
+    from litellm_credits.settlement.writer import Writer
+    from litellm_credits.store.db import Database
 
     db = Database(url, min_size=1, max_size=2)
     await db.open(wait=True)
@@ -279,8 +279,8 @@ async def _reserve_rate(url: str, users: list[str], calls: int, connections: int
     """
     import psycopg
 
-    from litellm_credits.db import Database
     from litellm_credits.ledger import Ledger
+    from litellm_credits.store.db import Database
 
     db = Database(url, min_size=connections, max_size=connections)
     await db.open(wait=True)
@@ -322,8 +322,8 @@ async def _reserve_rate(url: str, users: list[str], calls: int, connections: int
 async def _batch_cost(url: str, users: list[str], key_ids: dict[str, int],
                       sizes: list[int], rounds: int) -> dict[str, Any]:
     """Wall time of one Ledger.settle call by batch size (one writer, back to back)."""
-    from litellm_credits.db import Database
     from litellm_credits.ledger import Ledger
+    from litellm_credits.store.db import Database
 
     db = Database(url, min_size=1, max_size=1)
     await db.open(wait=True)
@@ -357,8 +357,8 @@ def preload_history(url: str, users: list[str], n: int, key_ids: dict[str, int] 
     describe it; a freshly migrated database has neither, and plans made for empty
     tables are not the plans production runs.
     """
-    from litellm_credits.db import Database
     from litellm_credits.ledger import Ledger
+    from litellm_credits.store.db import Database
 
     if n <= 0:
         return 0.0

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from devtools.upstream import UpstreamProcess
-from litellm_credits import migrations
+from litellm_credits.store import migrate as migrations
 
 PROVIDERS = ["openai", "anthropic", "openrouter", "together_ai", "deepinfra"]
 

@@ -21,7 +21,7 @@ Point a gateway at it with ``StripeGateway(api_key, webhook_secret, api_base=stu
 Differences from real Stripe worth knowing: real Stripe leaves ``payment_intent`` null until a
 session completes (API versions since 2022-08-01), and its charges no longer embed the refund
 list; production code must take the PaymentIntent id from the completion *event*, never from
-the create response (:class:`litellm_credits.payments.CheckoutSession` only exposes ``id`` and
+the create response (:class:`litellm_credits.billing.stripe.CheckoutSession` only exposes ``id`` and
 ``url`` for that reason).
 
 Event builders (pure functions): :func:`completed_event`, :func:`refunded_event`,
@@ -58,7 +58,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from litellm_credits.payments import sign_payload
+from litellm_credits.billing.stripe import sign_payload
 
 __all__ = [
     "API_VERSION",

@@ -6,7 +6,7 @@ CLI can all turn it into a clear refusal the same way. Messages name what was
 wrong and how to fix it, and never contain secrets.
 
 Database errors are translated into these classes in exactly one place,
-:func:`litellm_credits.db.translate`.
+:func:`litellm_credits.store.db.translate`.
 """
 
 from __future__ import annotations

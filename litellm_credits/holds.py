@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from litellm_credits import errors
-from litellm_credits.db import Database, Row, from_sqlstate, query
+from litellm_credits.store.db import Database, Row, from_sqlstate, query
 
 LOCK_NOT_AVAILABLE = "55P03"
 

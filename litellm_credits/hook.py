@@ -37,17 +37,18 @@ from typing import Any
 from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
 
-from litellm_credits import errors, identity, metrics, pricing, routing, settings
+from litellm_credits import errors, identity, pricing, routing, settings
+from litellm_credits.byok.vault import KeyRowRef, Vault
 from litellm_credits.ledger import Reservation, money
+from litellm_credits.observe import metrics
 from litellm_credits.runtime import Runtime, get_runtime, on_create
-from litellm_credits.settlement import (
+from litellm_credits.settlement.record import (
     app_and_session,
     cached_tokens_of,
     compute_charge,
     failure_record,
     success_record,
 )
-from litellm_credits.vault import KeyRowRef, Vault
 
 log = logging.getLogger("litellm_credits.hook")
 
@@ -560,7 +561,7 @@ class CreditsHandler(CustomLogger):
 
 def _observe(runtime: Runtime) -> None:
     """Metrics and low-balance alerts follow from what the runtime writes."""
-    from litellm_credits import alerts, monitoring
+    from litellm_credits.observe import alerts, monitoring
 
     monitoring.install(runtime)
     alerts.install(runtime)
@@ -574,7 +575,9 @@ def _mount_api() -> None:
         from litellm.proxy import proxy_server
     except ImportError:  # the package is used without the proxy (CLI, tests)
         return
-    from litellm_credits import api, monitoring, ui
+    from litellm_credits.api import app as api
+    from litellm_credits.api import ui
+    from litellm_credits.observe import monitoring
 
     app = getattr(proxy_server, "app", None)
     if app is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from litellm_credits.db import Database
+from litellm_credits.store.db import Database
 
 Key = tuple[str, str]  # (model group, deployment id)
 

@@ -21,9 +21,9 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from litellm_credits import errors
-from litellm_credits.db import Database, run
 from litellm_credits.holds import HoldPlacer, HoldRequest
 from litellm_credits.settings import POWER_LEVELS
+from litellm_credits.store.db import Database, run
 
 MAX_AMOUNT = Decimal("1000000000")
 CREDIT_PLACES = Decimal("0.00000001")

@@ -23,13 +23,13 @@ from decimal import Decimal
 from typing import Any
 
 from litellm_credits import errors, routing
-from litellm_credits.db import Database
 from litellm_credits.latency import LatencyWindow
 from litellm_credits.ledger import Ledger
 from litellm_credits.pricing import Price, exact, price_for
 from litellm_credits.settings import Settings, require_database_url
-from litellm_credits.spool import Spool
-from litellm_credits.writer import Writer
+from litellm_credits.settlement.spool import Spool
+from litellm_credits.settlement.writer import Writer
+from litellm_credits.store.db import Database
 
 log = logging.getLogger("litellm_credits.runtime")
 

@@ -3,7 +3,7 @@
 Environment:
     CREDITS_DATABASE_URL   the credits database (falls back to DATABASE_URL)
     CREDITS_CONFIG         path to a YAML file shaped like config/credits.example.yaml
-    CREDITS_ENCRYPTION_KEYS  BYOK master keys (see litellm_credits.vault)
+    CREDITS_ENCRYPTION_KEYS  BYOK master keys (see litellm_credits.byok.vault)
     CREDITS_STRIPE_API_KEY, CREDITS_STRIPE_WEBHOOK_SECRET, CREDITS_ALERT_WEBHOOK_SECRET
                            secrets are read from the environment only, never YAML
 

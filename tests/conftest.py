@@ -52,7 +52,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from devtools.pg import DB_USER, HOST, ClusterFactory, PgCluster, port_is_free  # noqa: E402
-from litellm_credits.db import Database  # noqa: E402
+from litellm_credits.store.db import Database  # noqa: E402
 
 RUN_DIR = REPO_ROOT / ".run"
 DEFAULT_TEST_PORT = 55432
@@ -93,7 +93,7 @@ def _migrate_template(host: str, port: int | str, user: str, dbname: str, **_: o
     """pytest-postgresql loader: apply the package's migrations to the template db."""
     # Imported lazily so that a broken migrations module fails the database
     # tests with a clear error instead of breaking collection of every test.
-    from litellm_credits.migrations import migrate
+    from litellm_credits.store.migrate import migrate
 
     migrate(f"postgresql://{user}@{host}:{port}/{dbname}")
 
@@ -221,7 +221,7 @@ def pg_cluster_factory() -> Iterator[ClusterFactory]:
             if dbname:
                 url = cluster.create_database(dbname)
                 if migrate:
-                    from litellm_credits.migrations import migrate as run_migrations
+                    from litellm_credits.store.migrate import migrate as run_migrations
 
                     run_migrations(url)
             return cluster

@@ -4,7 +4,7 @@ Each ``test_plugin_*.py`` module builds a :class:`PluginEnv` in a module-scoped 
 :func:`plugin_env`:
 
 * a fresh PostgreSQL database on the session's test cluster (``pg_cluster``), migrated with
-  ``litellm_credits.migrations.migrate`` and dropped at the end of the module;
+  ``litellm_credits.store.migrate.migrate`` and dropped at the end of the module;
 * stand-in upstream providers (``devtools.upstream.UpstreamGroup``) on fixed free ports in
   59000-59499, one per provider name;
 * the pinned LiteLLM proxy (``devtools.proxy.ProxyProcess``) on a free port in 58500-58999,
@@ -348,7 +348,7 @@ def plugin_env(
     ``edit_config`` may change the generated LiteLLM config in place before it is written.
     Set ``CREDITS_E2E_KEEP=1`` to keep the work directory (proxy log, configs) for a look.
     """
-    from litellm_credits.migrations import migrate
+    from litellm_credits.store.migrate import migrate
 
     with contextlib.ExitStack() as stack:
         db_name = f"credits_e2e_{label}_{os.getpid()}_{uuid.uuid4().hex[:6]}"

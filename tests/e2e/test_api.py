@@ -580,8 +580,8 @@ def test_keys_lifecycle_over_http(api: Any, api_sql: Sql, api_proxy: ProxyProces
 def test_subject_rules() -> None:
     from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 
-    from litellm_credits import api as credits_api
     from litellm_credits import errors
+    from litellm_credits.api import app as credits_api
 
     def auth(user_id: str | None, role: LitellmUserRoles) -> UserAPIKeyAuth:
         return UserAPIKeyAuth(api_key="sk-x", user_id=user_id, user_role=role)
@@ -619,7 +619,7 @@ def test_subject_rules() -> None:
 def test_mount_is_idempotent() -> None:
     from fastapi import FastAPI
 
-    from litellm_credits import api as credits_api
+    from litellm_credits.api import app as credits_api
 
     app = FastAPI()
     credits_api.mount(app)

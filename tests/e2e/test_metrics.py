@@ -49,7 +49,9 @@ WIRING = '''\
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy import proxy_server
 
-from litellm_credits import alerts, monitoring, ui
+from litellm_credits.observe import alerts
+from litellm_credits.observe import monitoring
+from litellm_credits.api import ui
 from litellm_credits.runtime import get_runtime
 
 monitoring.mount(proxy_server.app)

@@ -23,7 +23,7 @@ from devtools.stripe_stub import (
     refunded_event,
     sign_event,
 )
-from litellm_credits.payments import sign_payload
+from litellm_credits.billing.stripe import sign_payload
 
 pytestmark = pytest.mark.e2e
 
@@ -363,7 +363,7 @@ def test_bad_checkout_payloads_are_400_and_write_nothing(api: Any, api_sql: Sql)
 
 
 def test_missing_stripe_configuration_names_the_variable() -> None:
-    from litellm_credits import api as credits_api
+    from litellm_credits.api import app as credits_api
     from litellm_credits.settings import Settings
 
     gateways = credits_api._Gateways()

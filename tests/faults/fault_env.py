@@ -53,7 +53,7 @@ if str(REPO_ROOT) not in sys.path:
 from devtools.pg import ClusterFactory, PgCluster  # noqa: E402
 from devtools.proxy import DeploymentSpec, ProxyProcess, build_proxy_config, user_key  # noqa: E402
 from devtools.upstream import UpstreamGroup  # noqa: E402
-from litellm_credits.spool import Spool  # noqa: E402
+from litellm_credits.settlement.spool import Spool  # noqa: E402
 
 PORTS = range(59500, 60000)
 CALLBACK = "litellm_credits.handler"

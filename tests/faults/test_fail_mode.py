@@ -17,10 +17,10 @@ from fastapi import HTTPException
 from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 
 from devtools.pg import ClusterFactory
-from litellm_credits import migrations
 from litellm_credits.hook import CreditsHandler
 from litellm_credits.runtime import Runtime
 from litellm_credits.settings import Settings
+from litellm_credits.store import migrate as migrations
 
 pytestmark = [pytest.mark.slow]
 

@@ -37,7 +37,7 @@ from devtools.pg import ClusterFactory
 from litellm_credits.hook import CTX, CreditsHandler
 from litellm_credits.runtime import Runtime
 from litellm_credits.settings import Settings
-from litellm_credits.spool import Spool
+from litellm_credits.settlement.spool import Spool
 from tests.faults.fault_env import (
     COST,
     SCALE,

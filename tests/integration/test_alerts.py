@@ -2,7 +2,7 @@
 zero balance, several proxies at once, and signed delivery with retries and backoff.
 
 Each test builds one or more in-process :class:`Runtime` objects on a fresh database (no proxy)
-and wires them with :func:`litellm_credits.alerts.install`. Webhook deliveries go to an
+and wires them with :func:`litellm_credits.observe.alerts.install`. Webhook deliveries go to an
 ``httpx.MockTransport``, so no port is opened.
 """
 
@@ -21,8 +21,8 @@ import httpx
 import psycopg
 import pytest
 
-from litellm_credits import alerts
-from litellm_credits.alerts import AlertDispatcher, build_payload, sign, verify_signature
+from litellm_credits.observe import alerts
+from litellm_credits.observe.alerts import AlertDispatcher, build_payload, sign, verify_signature
 from litellm_credits.runtime import Runtime
 from litellm_credits.settings import Settings, Tier
 

@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from litellm_credits.cli import build_parser
-from litellm_credits.vault import ENV_VAR, KeyRowRef, Vault, generate_key_entry
+from litellm_credits.byok.vault import ENV_VAR, KeyRowRef, Vault, generate_key_entry
+from litellm_credits.cli.main import build_parser
 
 SECRET = "sk-proj-PANGOLIN-x4Rt8Vn2Lq6Zw0Ys-cli-only-d3b9"
 SECRET_2 = "sk-or-v1-NARWHAL-m5Jk7Pq1Wz3Rt9-cli-second-61aa"

@@ -206,7 +206,7 @@ def test_an_unreachable_database_is_one_clear_line_and_exit_2(
     monkeypatch.setattr(psycopg_pool.AsyncConnectionPool, "open", quick_open)
     monkeypatch.delenv("CREDITS_CONFIG", raising=False)
     monkeypatch.setenv("CREDITS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
-    from litellm_credits import cli as cli_module
+    from litellm_credits.cli import main as cli_module
 
     assert cli_module.main(["balance", "x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

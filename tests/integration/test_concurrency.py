@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from litellm_credits.db import Database
 from litellm_credits.ledger import Ledger
+from litellm_credits.store.db import Database
 
 D = Decimal
 WORKERS = 32

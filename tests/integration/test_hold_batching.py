@@ -13,8 +13,8 @@ import psycopg
 import pytest
 
 from litellm_credits import errors
-from litellm_credits.db import Database
 from litellm_credits.ledger import Ledger, Reservation
+from litellm_credits.store.db import Database
 
 D = Decimal
 

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from litellm_credits import errors
-from litellm_credits.db import Database
 from litellm_credits.ledger import Ledger
+from litellm_credits.store.db import Database
 
 D = Decimal
 COLUMNS = ("status", "power_level", "cost_multiplier", "hold_amount", "balance", "held",

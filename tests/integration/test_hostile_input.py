@@ -34,8 +34,8 @@ from hypothesis import strategies as st
 
 from devtools.pg import PgCluster
 from devtools.proxy import MASTER_KEY, user_key
-from litellm_credits.db import Database
-from litellm_credits.payments import sign_payload
+from litellm_credits.billing.stripe import sign_payload
+from litellm_credits.byok.vault import generate_key_entry
 from litellm_credits.pricing import (
     CREDIT_PLACES,
     Price,
@@ -46,14 +46,14 @@ from litellm_credits.pricing import (
     to_credits,
 )
 from litellm_credits.reconcile import format_report, reconcile
-from litellm_credits.settlement import (
+from litellm_credits.settlement.record import (
     MAX_METADATA_BYTES,
     capped_json,
     compute_charge,
     scrub,
     short,
 )
-from litellm_credits.vault import generate_key_entry
+from litellm_credits.store.db import Database
 from tests.e2e.plugin_env import (
     PluginEnv,
     chat_deployment,

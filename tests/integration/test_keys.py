@@ -16,16 +16,16 @@ import psycopg
 import pytest
 
 from litellm_credits import errors
-from litellm_credits.db import Database
-from litellm_credits.keys import KeyStore, RotationReport
-from litellm_credits.ledger import Ledger
-from litellm_credits.vault import (
+from litellm_credits.byok.keys import KeyStore, RotationReport
+from litellm_credits.byok.vault import (
     ENV_VAR,
     InvalidProviderKey,
     KeyRowRef,
     Vault,
     generate_key_entry,
 )
+from litellm_credits.ledger import Ledger
+from litellm_credits.store.db import Database
 
 SECRET = "sk-proj-ZEBRA-q8Vt3LmN0pXw7YcR5sJ2-unmistakable-4f1e"
 SECRET_B = "sk-ant-OKAPI-b7Hd2Kq9Rm4Tz1Wx-distinctive-88c3"

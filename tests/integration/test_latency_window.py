@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import psycopg
 
-from litellm_credits.db import Database
 from litellm_credits.latency import LatencyWindow
+from litellm_credits.store.db import Database
 
 
 def usage(conn: psycopg.Connection, n: int, deployment: str | None, latency: int | None, *,

@@ -17,9 +17,9 @@ import psycopg
 import pytest
 
 from litellm_credits import errors
-from litellm_credits.db import Database
+from litellm_credits.billing.stripe import refund_credits
 from litellm_credits.ledger import Ledger
-from litellm_credits.payments import refund_credits
+from litellm_credits.store.db import Database
 
 D = Decimal
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from litellm_credits import errors, verify
-from litellm_credits.migrations import load_migrations, migrate, pending
+from litellm_credits import errors
+from litellm_credits.store import verify
+from litellm_credits.store.migrate import load_migrations, migrate, pending
 
 CLI = str(Path(sys.executable).with_name("litellm-credits"))
 

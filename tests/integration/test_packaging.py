@@ -7,7 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from litellm_credits.migrations import load_migrations
+from litellm_credits.store.migrate import load_migrations
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,9 @@ def test_wheel_contains_every_migration_and_query_file(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("litellm_credits-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for migration in load_migrations():
-        assert f"litellm_credits/sql/migrations/{migration.filename}" in names
-    for sql in (REPO / "litellm_credits" / "sql").glob("*.sql"):
-        assert f"litellm_credits/sql/{sql.name}" in names
-    assert "litellm_credits/sql/queries.sql" in names
+        assert f"litellm_credits/store/migrations/{migration.filename}" in names
+    queries = sorted((REPO / "litellm_credits" / "store" / "queries").glob("*.sql"))
+    assert queries, "no named-query files found"
+    for sql in queries:
+        assert f"litellm_credits/store/queries/{sql.name}" in names
+    assert "litellm_credits/api/static/credits.html" in names

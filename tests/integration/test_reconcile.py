@@ -27,8 +27,8 @@ import psycopg
 import pytest
 
 from litellm_credits import errors
-from litellm_credits.db import Database
 from litellm_credits.reconcile import CHECKS, Report, format_report, reconcile
+from litellm_credits.store.db import Database
 
 CLI = str(Path(sys.executable).with_name("litellm-credits"))
 D = Decimal

@@ -25,7 +25,7 @@ from devtools.stripe_stub import (
     refunded_event,
     sign_event,
 )
-from litellm_credits.payments import (
+from litellm_credits.billing.stripe import (
     ChargeRefunded,
     CheckoutCompleted,
     PaymentProviderError,

@@ -31,11 +31,11 @@ import pytest
 
 from devtools.pg import ClusterFactory, PgCluster
 from litellm_credits import errors
-from litellm_credits.db import Database
 from litellm_credits.ledger import Ledger
 from litellm_credits.reconcile import format_report, reconcile
-from litellm_credits.spool import Spool
-from litellm_credits.writer import Writer
+from litellm_credits.settlement.spool import Spool
+from litellm_credits.settlement.writer import Writer
+from litellm_credits.store.db import Database
 
 D = Decimal
 

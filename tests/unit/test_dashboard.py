@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from litellm_credits import metrics, monitoring
+from litellm_credits.observe import metrics, monitoring
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "config" / "grafana-dashboard.json"

@@ -1,4 +1,4 @@
-"""Unit tests for litellm_credits.payments: signatures, event mapping, money arithmetic.
+"""Unit tests for litellm_credits.billing.stripe: signatures, event mapping, money arithmetic.
 
 No network: gateways here either never send a request or point at a closed loopback port.
 """
@@ -16,8 +16,7 @@ import stripe
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from litellm_credits.errors import PaymentError, WebhookSignatureError
-from litellm_credits.payments import (
+from litellm_credits.billing.stripe import (
     ChargeRefunded,
     CheckoutCompleted,
     IgnoredEvent,
@@ -28,6 +27,7 @@ from litellm_credits.payments import (
     to_cents,
     to_minor_units,
 )
+from litellm_credits.errors import PaymentError, WebhookSignatureError
 
 SECRET = "whsec_unit_test_secret"
 NOW = 1_800_000_000

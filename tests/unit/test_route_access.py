@@ -8,7 +8,7 @@ import pytest
 from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 from litellm.proxy.auth.route_checks import RouteChecks
 
-from litellm_credits.api import allow_for_virtual_keys
+from litellm_credits.api.app import allow_for_virtual_keys
 
 
 def check(route: str) -> None:

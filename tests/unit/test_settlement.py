@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from litellm_credits.pricing import Price
-from litellm_credits.settlement import (
+from litellm_credits.settlement.record import (
     MAX_METADATA_BYTES,
     capped_json,
     compute_charge,

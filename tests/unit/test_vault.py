@@ -1,4 +1,4 @@
-"""Unit tests for litellm_credits.vault (BYOK provider-key encryption)."""
+"""Unit tests for litellm_credits.byok.vault (BYOK provider-key encryption)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import litellm_credits.vault as vault_module
-from litellm_credits.errors import (
-    ConfigError,
-    CreditsError,
-    InvalidInput,
-    VaultDecryptError,
-    VaultError,
-    VaultNotConfigured,
-)
-from litellm_credits.vault import (
+import litellm_credits.byok.vault as vault_module
+from litellm_credits.byok.vault import (
     ENV_VAR,
     FORMAT_VERSION,
     MAX_PLAINTEXT_CHARS,
@@ -39,6 +31,14 @@ from litellm_credits.vault import (
     generate_key_entry,
     key_hint,
     validate_plaintext,
+)
+from litellm_credits.errors import (
+    ConfigError,
+    CreditsError,
+    InvalidInput,
+    VaultDecryptError,
+    VaultError,
+    VaultNotConfigured,
 )
 
 # Fixed, recognisable test keys (distinct, not degenerate).

@@ -2,7 +2,7 @@
 
 :class:`KeyStore` adds, lists, revokes and re-flags keys, and re-encrypts them
 under the active master key (:meth:`KeyStore.rotate`). Encryption itself is
-:mod:`litellm_credits.vault`; SQL is ``sql/keys.sql``. The hot path does not
+:mod:`litellm_credits.byok.vault`; SQL is ``sql/keys.sql``. The hot path does not
 come through here: it reads the active keys (still sealed) in the one
 ``reserve_credits`` round trip and decrypts them with the vault.
 
@@ -39,7 +39,7 @@ Rules
 * **Secrets.** The plaintext is validated, hinted and encrypted, then
   dropped; it is never written, logged, returned or put in an error.
   :class:`KeyInfo` carries the hint (``…WXYZ``) and never the ciphertext.
-  ``created_by`` / ``by`` go to the ``litellm_credits.keys`` logger (the table
+  ``created_by`` / ``by`` go to the ``litellm_credits.byok.keys`` logger (the table
   has no column for them); those log lines name the user, provider and key
   name only.
 
@@ -81,16 +81,16 @@ from typing import Any, Literal
 import psycopg
 
 from litellm_credits import errors
-from litellm_credits.db import Database, Row, run
-from litellm_credits.ledger import check_text, check_user_id
-from litellm_credits.settings import DEFAULT_PROVIDER_ALIASES
-from litellm_credits.vault import (
+from litellm_credits.byok.vault import (
     NOT_CONFIGURED_MESSAGE,
     KeyRowRef,
     Vault,
     key_hint,
     validate_plaintext,
 )
+from litellm_credits.ledger import check_text, check_user_id
+from litellm_credits.settings import DEFAULT_PROVIDER_ALIASES
+from litellm_credits.store.db import Database, Row, run
 
 __all__ = [
     "KeyInfo",
@@ -101,7 +101,7 @@ __all__ = [
     "normalize_provider",
 ]
 
-log = logging.getLogger("litellm_credits.keys")
+log = logging.getLogger("litellm_credits.byok.keys")
 
 MAX_NAME_CHARS = 64
 MAX_PROVIDER_CHARS = 64

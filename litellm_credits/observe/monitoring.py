@@ -3,7 +3,7 @@
 Why a route of our own and not LiteLLM's ``/metrics``: LiteLLM's endpoint
 serves prometheus_client's global registry and exists only when LiteLLM's own
 (enterprise) Prometheus callback is enabled. Our metrics live in a private
-registry (:data:`litellm_credits.metrics.REGISTRY`), so nothing of ours
+registry (:data:`litellm_credits.observe.metrics.REGISTRY`), so nothing of ours
 collides with LiteLLM's names or depends on its licence tier, and the route is
 always there once the callback is loaded.
 
@@ -49,13 +49,14 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
-from litellm_credits import errors, metrics
-from litellm_credits.alerts import chain_on_batch, tier_thresholds
+from litellm_credits import errors
+from litellm_credits.observe import metrics
+from litellm_credits.observe.alerts import chain_on_batch, tier_thresholds
 from litellm_credits.runtime import Runtime, get_runtime
 
 __all__ = ["Monitor", "install", "monitor_of", "mount", "render"]
 
-log = logging.getLogger("litellm_credits.monitoring")
+log = logging.getLogger("litellm_credits.observe.monitoring")
 
 METRICS_PATH = "/credits/metrics"
 #: How often the database-wide gauges are refreshed (per process); the environment
@@ -71,7 +72,7 @@ _MOUNTED = "litellm_credits_metrics_mounted"
 
 R = metrics.REGISTRY
 
-# --- metrics of this module (the plugin's core ones are in litellm_credits.metrics) ---------
+# --- metrics of this module (the core ones are in litellm_credits.observe.metrics) ---
 
 SETTLEMENTS = Counter(
     "credits_settlements_total",

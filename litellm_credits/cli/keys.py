@@ -29,23 +29,24 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from litellm_credits import cli, errors
-from litellm_credits.db import Database
-from litellm_credits.keys import (
+from litellm_credits import errors
+from litellm_credits.byok.keys import (
     KeyInfo,
     KeyStore,
     RotationReport,
     check_key_name,
     normalize_provider,
 )
-from litellm_credits.ledger import check_user_id
-from litellm_credits.vault import (
+from litellm_credits.byok.vault import (
     ENV_VAR,
     MAX_PLAINTEXT_CHARS,
     InvalidProviderKey,
     Vault,
     generate_key_entry,
 )
+from litellm_credits.cli import main as cli
+from litellm_credits.ledger import check_user_id
+from litellm_credits.store.db import Database
 
 #: Read at most this many characters from stdin; anything longer is refused as too long.
 _STDIN_LIMIT = MAX_PLAINTEXT_CHARS + 3

@@ -19,9 +19,11 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from litellm_credits import errors, migrations, settings, verify
-from litellm_credits.db import Database
+from litellm_credits import errors, settings
 from litellm_credits.ledger import Ledger, check_level, check_user_id
+from litellm_credits.store import migrate as migrations
+from litellm_credits.store import verify
+from litellm_credits.store.db import Database
 
 Handler = Callable[[argparse.Namespace, "Context"], Awaitable[int]]
 
@@ -264,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[..., None]]:
     """Subcommand groups that live in their own modules (keys, reconcile)."""
-    from litellm_credits import cli_keys, cli_reconcile
+    from litellm_credits.cli import keys as cli_keys
+    from litellm_credits.cli import reconcile as cli_reconcile
 
     return [cli_keys.register, cli_reconcile.register]
 
@@ -289,5 +292,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # pragma: no cover - python -m litellm_credits.cli.main
     sys.exit(main())

@@ -60,11 +60,12 @@ from typing import Any
 
 import httpx
 
-from litellm_credits import errors, metrics
-from litellm_credits.db import Row
+from litellm_credits import errors
 from litellm_credits.ledger import CREDIT_PLACES, money
+from litellm_credits.observe import metrics
 from litellm_credits.runtime import Runtime
 from litellm_credits.settings import Settings
+from litellm_credits.store.db import Row
 
 __all__ = [
     "AlertDispatcher",
@@ -75,7 +76,7 @@ __all__ = [
     "verify_signature",
 ]
 
-log = logging.getLogger("litellm_credits.alerts")
+log = logging.getLogger("litellm_credits.observe.alerts")
 
 SIGNATURE_HEADER = "X-Credits-Signature"
 EVENT_ID_HEADER = "X-Credits-Event-Id"

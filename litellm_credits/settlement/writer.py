@@ -29,9 +29,9 @@ from typing import Any
 
 from litellm_credits import errors
 from litellm_credits.ledger import Ledger, _json_default
-from litellm_credits.spool import Record, Spool
+from litellm_credits.settlement.spool import Record, Spool
 
-log = logging.getLogger("litellm_credits.writer")
+log = logging.getLogger("litellm_credits.settlement.writer")
 
 
 @dataclass

@@ -4,7 +4,7 @@ The page (``static/credits.html``) is plain HTML with one inline script and
 one inline stylesheet; the chart is inline SVG drawn by that script. It holds
 no data itself: the browser asks the ``/credits`` API with the key the user
 pastes, so the page needs no authentication and every authorization decision
-stays in :mod:`litellm_credits.api`.
+stays in :mod:`litellm_credits.api.app`.
 
 Served with a strict Content-Security-Policy: only the page's own script and
 style (pinned by their SHA-256 hashes, computed here when the file is read),
@@ -48,7 +48,7 @@ def _hashes(pattern: re.Pattern[str], text: str) -> str:
 @cache
 def page() -> Page:
     """The page and its security headers (read once per process)."""
-    text = resources.files("litellm_credits").joinpath("static/credits.html").read_text("utf-8")
+    text = resources.files("litellm_credits.api").joinpath("static/credits.html").read_text("utf-8")
     csp = "; ".join([
         "default-src 'none'",
         f"script-src {_hashes(_SCRIPT, text)}",

@@ -52,10 +52,7 @@ from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from litellm_credits import errors
-from litellm_credits.db import Database, Row
-from litellm_credits.keys import KeyStore
-from litellm_credits.ledger import check_user_id, money, parse_amount
-from litellm_credits.payments import (
+from litellm_credits.billing.stripe import (
     ChargeRefunded,
     CheckoutCompleted,
     PaymentError,
@@ -63,13 +60,16 @@ from litellm_credits.payments import (
     refund_credits,
     to_cents,
 )
+from litellm_credits.byok.keys import KeyStore
+from litellm_credits.byok.vault import Vault
+from litellm_credits.ledger import check_user_id, money, parse_amount
 from litellm_credits.runtime import Runtime, get_runtime
 from litellm_credits.settings import Settings
-from litellm_credits.vault import Vault
+from litellm_credits.store.db import Database, Row
 
 __all__ = ["mount", "router", "subject"]
 
-log = logging.getLogger("litellm_credits.api")
+log = logging.getLogger("litellm_credits.api.app")
 
 #: Largest JSON body accepted on the authenticated routes, in bytes.
 MAX_BODY_BYTES = 64 * 1024

@@ -1,4 +1,4 @@
-"""Applies the numbered SQL migrations in ``sql/migrations``.
+"""Applies the numbered SQL migrations in ``store/migrations``.
 
 Each file ``NNNN_name.sql`` runs in its own transaction, under a transaction-
 scoped advisory lock, so two proxies or two operators migrating at once
@@ -18,7 +18,7 @@ from importlib import resources
 import psycopg
 
 from litellm_credits import errors
-from litellm_credits.db import translate
+from litellm_credits.store.db import translate
 
 # Any fixed 64-bit number works; this one spells "credits" in hex-ish.
 ADVISORY_LOCK_ID = 0x6C6C6D637265
@@ -52,7 +52,7 @@ class Migration:
 
 def load_migrations() -> list[Migration]:
     """The migration files shipped inside the package, in version order."""
-    folder = resources.files("litellm_credits").joinpath("sql/migrations")
+    folder = resources.files("litellm_credits.store").joinpath("migrations")
     found: list[Migration] = []
     for entry in folder.iterdir():
         match = _FILE.match(entry.name)

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from litellm_credits.db import translate
+from litellm_credits.store.db import translate
 
 SPEC_TABLES = (
     "user_credits",

@@ -1,6 +1,6 @@
 """The database layer: the connection pool, named queries, and error translation.
 
-SQL lives in ``sql/*.sql`` files as blocks headed ``-- name: NAME`` and is
+SQL lives in ``store/queries/*.sql`` files as blocks headed ``-- name: NAME`` and is
 referred to by name; nothing here assembles SQL from strings. psycopg and pool
 errors become :mod:`litellm_credits.errors` classes in :func:`translate` and
 nowhere else.
@@ -62,9 +62,9 @@ def parse_queries(text: str) -> dict[str, str]:
 
 @cache
 def queries() -> dict[str, str]:
-    """Every named query of every ``sql/*.sql`` file (one file per module's concern)."""
+    """Every named query of every ``store/queries/*.sql`` file (one file per module's concern)."""
     found: dict[str, str] = {}
-    folder = resources.files("litellm_credits").joinpath("sql")
+    folder = resources.files("litellm_credits.store").joinpath("queries")
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".sql"):
             for name, sql in parse_queries(entry.read_text("utf-8")).items():
@@ -78,7 +78,7 @@ def query(name: str) -> str:
     try:
         return queries()[name]
     except KeyError:
-        raise errors.ConfigError(f"no query named {name!r} in sql/*.sql") from None
+        raise errors.ConfigError(f"no query named {name!r} in store/queries/*.sql") from None
 
 
 def translate(exc: BaseException) -> errors.CreditsError:

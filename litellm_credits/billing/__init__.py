@@ -1,0 +1,1 @@
+"""Purchases: crediting checkouts and refunds, and the Stripe gateway and events."""

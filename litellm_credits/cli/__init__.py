@@ -1,0 +1,1 @@
+"""The ``litellm-credits`` command: ledger, keys and operations subcommands."""

@@ -1,0 +1,1 @@
+"""Observing what was written: Prometheus metrics, the monitoring routes, low-balance alerts."""

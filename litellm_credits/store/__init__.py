@@ -1,0 +1,1 @@
+"""The base's database layer: the pool, named queries, migrations, error translation."""
