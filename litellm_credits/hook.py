@@ -39,7 +39,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from litellm_credits import errors, identity, pricing, routing, settings
 from litellm_credits.byok.vault import KeyRowRef, Vault
-from litellm_credits.ledger import Reservation, money
+from litellm_credits.ledger import Reservation
 from litellm_credits.observe import metrics
 from litellm_credits.runtime import Runtime, get_runtime, on_create
 from litellm_credits.settlement.record import (
@@ -49,6 +49,7 @@ from litellm_credits.settlement.record import (
     failure_record,
     success_record,
 )
+from litellm_credits.values import CREDIT_PLACES, money
 
 log = logging.getLogger("litellm_credits.hook")
 
@@ -333,7 +334,7 @@ class CreditsHandler(CustomLogger):
         config = rt.snapshot.levels.get(level)
         if config is None:
             raise unavailable
-        amount = (base * config.multiplier).quantize(pricing.CREDIT_PLACES)
+        amount = (base * config.multiplier).quantize(CREDIT_PLACES)
         spent = self._fail_open_spent.get(user_id, Decimal(0))
         limit = min(available, rt.settings.fail_open_limit_credits)
         if spent + amount > limit:

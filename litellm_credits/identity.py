@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from litellm_credits import errors
-from litellm_credits.ledger import check_user_id
+from litellm_credits.values import check_user_id
 
 ADMIN_ROLES = frozenset({"proxy_admin"})
 # LiteLLM's placeholder user id for the master key; it names nobody.

@@ -17,31 +17,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from litellm_credits.errors import ConfigError, InvalidInput
-
-POWER_LEVELS = ("eco", "balanced", "precision")
+from litellm_credits.values import to_decimal
 
 # The seed's provider names, mapped to LiteLLM's. The one place aliases live.
 DEFAULT_PROVIDER_ALIASES: dict[str, str] = {"together": "together_ai"}
-
-
-def to_decimal(value: Any, what: str) -> Decimal:
-    """Parse a money-like value exactly. Floats are refused: they are already inexact."""
-    if isinstance(value, bool) or isinstance(value, float):
-        raise ConfigError(f"{what} must be written as a string or integer, not {value!r}")
-    try:
-        result = Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
-        raise ConfigError(f"{what} is not a number: {value!r}") from None
-    if not result.is_finite():
-        raise ConfigError(f"{what} must be finite, got {value!r}")
-    return result
 
 
 @dataclass(frozen=True)

@@ -62,10 +62,10 @@ from litellm_credits.billing.stripe import (
 )
 from litellm_credits.byok.keys import KeyStore
 from litellm_credits.byok.vault import Vault
-from litellm_credits.ledger import check_user_id, money, parse_amount
 from litellm_credits.runtime import Runtime, get_runtime
 from litellm_credits.settings import Settings
 from litellm_credits.store.db import Database, Row
+from litellm_credits.values import check_user_id, money, parse_amount
 
 __all__ = ["mount", "router", "subject"]
 

@@ -45,8 +45,8 @@ from litellm_credits.byok.vault import (
     generate_key_entry,
 )
 from litellm_credits.cli import main as cli
-from litellm_credits.ledger import check_user_id
 from litellm_credits.store.db import Database
+from litellm_credits.values import check_user_id
 
 #: Read at most this many characters from stdin; anything longer is refused as too long.
 _STDIN_LIMIT = MAX_PLAINTEXT_CHARS + 3

@@ -20,10 +20,11 @@ from decimal import Decimal
 from typing import Any
 
 from litellm_credits import errors, settings
-from litellm_credits.ledger import Ledger, check_level, check_user_id
+from litellm_credits.ledger import Ledger
 from litellm_credits.store import migrate as migrations
 from litellm_credits.store import verify
 from litellm_credits.store.db import Database
+from litellm_credits.values import check_level, check_user_id, to_decimal
 
 Handler = Callable[[argparse.Namespace, "Context"], Awaitable[int]]
 
@@ -186,7 +187,7 @@ async def cmd_packages(args: argparse.Namespace, ctx: Context) -> int:
 async def cmd_settings_set(args: argparse.Namespace, ctx: Context) -> int:
     if args.key != "credits_per_usd":
         raise errors.InvalidInput(f"unknown setting {args.key!r}; settable: credits_per_usd")
-    value = settings.to_decimal(args.value, args.key)
+    value = to_decimal(args.value, args.key)
     if value <= 0:
         raise errors.InvalidInput("credits_per_usd must be positive")
     await (await ctx.db()).execute("put_setting", {"key": args.key, "value": str(value),

@@ -61,11 +61,11 @@ from typing import Any
 import httpx
 
 from litellm_credits import errors
-from litellm_credits.ledger import CREDIT_PLACES, money
 from litellm_credits.observe import metrics
 from litellm_credits.runtime import Runtime
 from litellm_credits.settings import Settings
 from litellm_credits.store.db import Row
+from litellm_credits.values import CREDIT_PLACES, money
 
 __all__ = [
     "AlertDispatcher",

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from litellm_credits import errors
-from litellm_credits.ledger import Ledger, _json_default
+from litellm_credits.ledger import Ledger
 from litellm_credits.settlement.spool import Record, Spool
+from litellm_credits.values import json_default as _json_default
 
 log = logging.getLogger("litellm_credits.settlement.writer")
 
