@@ -2,7 +2,7 @@
 
 This module never touches the database. It does three things:
 
-* :meth:`StripeGateway.create_checkout_session_async` (and a sync twin) asks
+* :meth:`StripeGateway.create_checkout_session_async` asks
   Stripe for a hosted Checkout page for one credit package and returns its
   ``id`` and ``url``;
 * :meth:`StripeGateway.parse_event` verifies a webhook's ``Stripe-Signature``
@@ -36,8 +36,6 @@ The ledger decides what the money means. Things it must know:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import json
 import math
@@ -53,9 +51,10 @@ from urllib.parse import urlsplit
 import stripe
 
 from litellm_credits.errors import PaymentError, WebhookSignatureError
+from litellm_credits.values import CREDIT_PLACES
 
 __all__ = [
-    "CREDIT_DECIMAL_PLACES",
+    "CURRENCY",
     "ChargeRefunded",
     "CheckoutCompleted",
     "CheckoutSession",
@@ -66,29 +65,19 @@ __all__ = [
     "WebhookEvent",
     "WebhookSignatureError",
     "refund_credits",
-    "sign_payload",
     "to_cents",
-    "to_minor_units",
 ]
 
-#: Credits are computed to this many decimal places.
-CREDIT_DECIMAL_PLACES: Final = 8
+#: The one currency packages are sold in (Stripe's lower-case ISO code).
+CURRENCY: Final = "usd"
+#: Credits are computed to as many decimal places as the ledger stores.
+_CREDIT_DIGITS: Final = -int(CREDIT_PLACES.as_tuple().exponent)
 #: Longest ``user_id`` we put into (and accept from) Stripe metadata.
 MAX_USER_ID_LENGTH: Final = 255
 #: Stripe's documented ceiling for an amount: eight digits of minor units.
 MAX_AMOUNT_MINOR_UNITS: Final = 99_999_999
 #: Stripe limits idempotency keys to 255 characters.
 MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
-
-# https://docs.stripe.com/currencies#zero-decimal
-_ZERO_DECIMAL: Final = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf vnd vuv xaf xof xpf".split()
-)
-# Zero-decimal in reality, but Stripe wants them as two-decimal amounts that
-# are whole units (a multiple of 100).
-_TWO_DECIMAL_WHOLE_UNITS: Final = frozenset({"isk", "ugx"})
-# Three-decimal currencies need the last digit to be 0; not supported here.
-_THREE_DECIMAL: Final = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 
 _CURRENCY_RE: Final = re.compile(r"[a-z]{3}")
 _PACKAGE_ID_RE: Final = re.compile(r"[1-9][0-9]{0,18}")
@@ -204,49 +193,30 @@ def _require_int(value: object, what: str) -> int:
     return value
 
 
-def _minor_unit_exponent(currency: str) -> int:
-    if not isinstance(currency, str) or not _CURRENCY_RE.fullmatch(currency):
-        raise PaymentError(
-            f"currency must be a three-letter ISO code in lower case, got {currency!r}"
-        )
-    if currency in _THREE_DECIMAL:
-        raise PaymentError(f"three-decimal currency {currency!r} is not supported")
-    return 0 if currency in _ZERO_DECIMAL else 2
+def to_cents(amount: Decimal) -> int:
+    """A USD price as Stripe's integer cents, exactly: ``Decimal("12.50")`` -> ``1250``.
 
-
-def to_minor_units(amount: Decimal, currency: str) -> int:
-    """Convert a price in major units to Stripe's integer minor units, exactly.
-
-    ``Decimal("4.99"), "usd"`` gives ``499``; ``Decimal("500"), "jpy"`` gives
-    ``500``. A fraction of the minor unit (``4.999`` USD), a non-positive amount
-    or one above Stripe's 8-digit ceiling raises :class:`PaymentError`.
+    A fraction of a cent (``4.999``), a non-positive amount or one above
+    Stripe's 8-digit ceiling raises :class:`PaymentError`.
     """
     amount = _require_decimal(amount, "price")
-    exponent = _minor_unit_exponent(currency)
     if amount <= 0:
         raise PaymentError(f"price must be positive, got {amount}")
     if amount.adjusted() > 12:  # keeps the arithmetic below far from any rounding
         raise PaymentError(f"price {amount} is too large")
-    scaled = amount.scaleb(exponent)  # exact: well within the context precision
+    scaled = amount.scaleb(2)  # exact: well within the context precision
     if scaled != scaled.to_integral_value():
         raise PaymentError(
-            f"price {amount} {currency.upper()} has a fraction of the smallest currency "
-            f"unit; use at most {exponent} decimal places"
+            f"price {amount} USD has a fraction of the smallest currency unit; "
+            "use at most 2 decimal places"
         )
-    minor = int(scaled)
-    if currency in _TWO_DECIMAL_WHOLE_UNITS and minor % 100:
-        raise PaymentError(f"price in {currency.upper()} must be a whole number")
-    if minor > MAX_AMOUNT_MINOR_UNITS:
+    cents = int(scaled)
+    if cents > MAX_AMOUNT_MINOR_UNITS:
         raise PaymentError(
-            f"price {amount} {currency.upper()} exceeds Stripe's maximum amount "
+            f"price {amount} USD exceeds Stripe's maximum amount "
             f"({MAX_AMOUNT_MINOR_UNITS} minor units)"
         )
-    return minor
-
-
-def to_cents(amount: Decimal) -> int:
-    """``to_minor_units(amount, "usd")``: ``Decimal("12.50")`` -> ``1250``."""
-    return to_minor_units(amount, "usd")
+    return cents
 
 
 def _quantize_half_even(value: Fraction, places: int) -> Decimal:
@@ -267,7 +237,7 @@ def refund_credits(
     ``amount_cents`` were refunded.
 
     ``purchased * refunded / amount``, computed exactly and rounded to
-    :data:`CREDIT_DECIMAL_PLACES` places (half to even). A full refund returns
+    :data:`~litellm_credits.values.CREDIT_PLACES` (half to even). A full refund returns
     ``purchased_credits`` unchanged; the result never exceeds it and is
     non-decreasing in ``amount_refunded_cents``, so the ledger can apply
     ``max(0, refund_credits(...) - already_taken_back)`` on every event.
@@ -285,22 +255,11 @@ def refund_credits(
         )
     if refunded == amount:
         return purchased
-    share = _quantize_half_even(Fraction(purchased) * refunded / amount, CREDIT_DECIMAL_PLACES)
+    share = _quantize_half_even(Fraction(purchased) * refunded / amount, _CREDIT_DIGITS)
     return min(share, purchased)
 
 
 # --- signatures --------------------------------------------------------------------
-
-
-def sign_payload(payload: bytes, secret: str, timestamp: int | None = None) -> str:
-    """A valid ``Stripe-Signature`` header value for ``payload``: ``t=<ts>,v1=<hex>``
-    where ``v1`` is HMAC-SHA256 of ``b"<ts>." + payload`` keyed with ``secret``.
-
-    For tests and demos; ``timestamp`` defaults to now.
-    """
-    ts = int(time.time()) if timestamp is None else int(timestamp)
-    mac = hmac.new(secret.encode("utf-8"), f"{ts}.".encode() + payload, hashlib.sha256)
-    return f"t={ts},v1={mac.hexdigest()}"
 
 
 def _parse_signature_header(header: str) -> int:
@@ -604,7 +563,6 @@ class StripeGateway:
         package_name: str,
         credits: Decimal,
         price_usd: Decimal,
-        currency: str,
         success_url: str,
         cancel_url: str,
         idempotency_key: str,
@@ -620,8 +578,7 @@ class StripeGateway:
         credits_text = format(credits, "f")
         if len(credits_text) > _MAX_METADATA_VALUE:
             raise PaymentError("credits has too many digits to store in Stripe metadata")
-        currency = currency.lower() if isinstance(currency, str) else currency
-        unit_amount = to_minor_units(price_usd, currency)
+        unit_amount = to_cents(price_usd)
         if (
             not isinstance(idempotency_key, str)
             or not idempotency_key
@@ -641,7 +598,7 @@ class StripeGateway:
                 {
                     "quantity": 1,
                     "price_data": {
-                        "currency": currency,
+                        "currency": CURRENCY,
                         "unit_amount": unit_amount,
                         "product_data": {"name": package_name},
                     },
@@ -679,15 +636,14 @@ class StripeGateway:
         package_name: str,
         credits: Decimal,
         price_usd: Decimal,
-        currency: str,
         success_url: str,
         cancel_url: str,
         idempotency_key: str,
     ) -> CheckoutSession:
         """Create a one-off payment Checkout Session for a credit package.
 
-        ``price_usd`` is in major units of ``currency`` (converted exactly to
-        minor units; a fraction of a cent raises :class:`PaymentError`).
+        ``price_usd`` is in dollars (converted exactly to cents; a fraction of
+        a cent raises :class:`PaymentError`). Packages are sold in USD only.
         ``user_id``, ``package_id`` and ``credits`` go into both the session's
         and the PaymentIntent's metadata. Reusing ``idempotency_key`` with the
         same arguments returns the same session (Stripe keeps keys ~24 h);
@@ -700,47 +656,12 @@ class StripeGateway:
             package_name=package_name,
             credits=credits,
             price_usd=price_usd,
-            currency=currency,
             success_url=success_url,
             cancel_url=cancel_url,
             idempotency_key=idempotency_key,
         )
         try:
             session = await self._client.v1.checkout.sessions.create_async(
-                params=params,  # type: ignore[arg-type]
-                options=options,  # type: ignore[arg-type]
-            )
-        except stripe.StripeError as exc:
-            raise self._provider_error("checkout session creation", exc) from exc
-        return self._session_result(session)
-
-    def create_checkout_session(
-        self,
-        *,
-        user_id: str,
-        package_id: int,
-        package_name: str,
-        credits: Decimal,
-        price_usd: Decimal,
-        currency: str,
-        success_url: str,
-        cancel_url: str,
-        idempotency_key: str,
-    ) -> CheckoutSession:
-        """Blocking twin of :meth:`create_checkout_session_async` (CLI, scripts)."""
-        params, options = self._checkout_params(
-            user_id=user_id,
-            package_id=package_id,
-            package_name=package_name,
-            credits=credits,
-            price_usd=price_usd,
-            currency=currency,
-            success_url=success_url,
-            cancel_url=cancel_url,
-            idempotency_key=idempotency_key,
-        )
-        try:
-            session = self._client.v1.checkout.sessions.create(
                 params=params,  # type: ignore[arg-type]
                 options=options,  # type: ignore[arg-type]
             )
@@ -764,14 +685,6 @@ class StripeGateway:
         """
         try:
             intent = await self._client.v1.payment_intents.retrieve_async(payment_intent_id)
-        except stripe.StripeError as exc:
-            raise self._provider_error("payment intent lookup", exc) from exc
-        return self._charge_of(intent)
-
-    def fetch_charge_id(self, payment_intent_id: str) -> str | None:
-        """Blocking twin of :meth:`fetch_charge_id_async`."""
-        try:
-            intent = self._client.v1.payment_intents.retrieve(payment_intent_id)
         except stripe.StripeError as exc:
             raise self._provider_error("payment intent lookup", exc) from exc
         return self._charge_of(intent)
