@@ -581,7 +581,7 @@ def test_subject_rules() -> None:
     from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 
     from litellm_credits import errors
-    from litellm_credits.api import app as credits_api
+    from litellm_credits.api import auth as credits_api
 
     def auth(user_id: str | None, role: LitellmUserRoles) -> UserAPIKeyAuth:
         return UserAPIKeyAuth(api_key="sk-x", user_id=user_id, user_role=role)
