@@ -17,8 +17,8 @@ from litellm_credits.api.auth import Auth, UserIdQuery, subject
 from litellm_credits.api.bodies import MAX_WEBHOOK_BYTES, PayloadTooLarge, PurchaseBody
 from litellm_credits.api.route import new_router
 from litellm_credits.api.services import current
+from litellm_credits.billing.events import ChargeRefunded, CheckoutCompleted
 from litellm_credits.billing.purchases import WebhookOutcome
-from litellm_credits.billing.stripe import ChargeRefunded, CheckoutCompleted
 
 __all__ = ["router"]
 

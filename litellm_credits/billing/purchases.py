@@ -30,16 +30,15 @@ from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 from litellm_credits import errors
-from litellm_credits.billing.stripe import (
+from litellm_credits.billing.events import (
     CURRENCY,
     ChargeRefunded,
     CheckoutCompleted,
-    CheckoutSession,
-    PaymentError,
-    StripeGateway,
     refund_credits,
     to_cents,
 )
+from litellm_credits.billing.stripe import CheckoutSession, StripeGateway
+from litellm_credits.errors import PaymentError
 from litellm_credits.ledger import Ledger, TxResult
 from litellm_credits.settings import Settings
 from litellm_credits.store.db import Database, Row
