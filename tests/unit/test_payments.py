@@ -1,4 +1,5 @@
-"""Unit tests for litellm_credits.billing.stripe: signatures, event mapping, money arithmetic.
+"""Unit tests for litellm_credits.billing.stripe and .events: signatures, event mapping,
+money arithmetic.
 
 No network: gateways here either never send a request or point at a closed loopback port.
 """
