@@ -45,7 +45,7 @@ from litellm_credits.pricing import (
     to_credits,
 )
 from litellm_credits.reconcile import format_report, reconcile
-from litellm_credits.settlement.record import (
+from litellm_credits.settlement.build import (
     MAX_METADATA_BYTES,
     capped_json,
     compute_charge,
