@@ -139,7 +139,10 @@ def _decimal(v: Any) -> Decimal:
     # Old and new lines carry money as text; a JSON number is read exactly from its text.
     if isinstance(v, bool) or not isinstance(v, str | int | float):
         raise TypeError(f"expected a decimal, got {type(v).__name__}")
-    return Decimal(str(v))
+    parsed = Decimal(str(v))
+    if not parsed.is_finite():
+        raise ValueError(f"{v!r} is not a finite number")
+    return parsed
 
 
 def _object(v: Any) -> Mapping[str, Any]:
