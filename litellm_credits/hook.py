@@ -47,12 +47,6 @@ from litellm_credits.settlement import build
 
 log = logging.getLogger("litellm_credits.hook")
 
-# Kept for callers of the old names.
-CTX = context.CTX
-metadata_of = context.metadata_of
-ctx_of = context.read
-
-
 def _http_error(exc: errors.CreditsError) -> HTTPException:
     detail = {"error": exc.message, "code": exc.code, **exc.details}
     return HTTPException(status_code=exc.http_status, detail=detail)
