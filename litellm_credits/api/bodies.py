@@ -11,14 +11,14 @@ import json
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from litellm_credits import errors
-from litellm_credits.values import money
+from litellm_credits.values import PowerLevel, money
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -166,7 +166,7 @@ class GrantBody(StrictBody):
 
 
 class PowerLevelBody(StrictBody):
-    level: Literal["eco", "balanced", "precision"]
+    level: PowerLevel
 
 
 class TierBody(StrictBody):
