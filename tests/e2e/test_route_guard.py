@@ -10,6 +10,7 @@ through would be recorded there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -19,12 +20,20 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
 from devtools.pg import PgCluster
-from devtools.proxy import MASTER_KEY, user_key
-from tests.e2e.plugin_env import PluginEnv, chat, chat_deployment, plugin_env
+from devtools.proxy import MASTER_KEY, ProxyProcess, user_key
+from tests.e2e.plugin_env import (
+    PROXY_PORTS,
+    PluginEnv,
+    chat,
+    chat_deployment,
+    free_port,
+    plugin_env,
+)
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.filterwarnings("ignore:The Assistants API is deprecated")]
@@ -54,7 +63,7 @@ def env(pg_cluster: PgCluster) -> Iterator[PluginEnv]:
             anthropic_root = bases["anthropic"].removesuffix("/v1")
             # Everything that could reach a provider points at the stand-ins.
             cfg["environment_variables"] = {
-                "OPENAI_API_BASE": openai_base, "OPENAI_API_KEY": "sk-platform",
+                "OPENAI_API_BASE": openai_base.removesuffix("/v1"), "OPENAI_API_KEY": "sk-platform",
                 "ANTHROPIC_API_BASE": anthropic_root, "ANTHROPIC_API_KEY": "sk-ant-platform",
             }
             cfg["assistant_settings"] = {"custom_llm_provider": "openai", "litellm_params": {
@@ -156,3 +165,33 @@ def test_billed_and_management_routes_pass(env: PluginEnv) -> None:
     assert env.http("GET", "/v1/models").status_code == 200
     balance = env.http("GET", "/credits/balance", key=user_key(user))
     assert balance.status_code == 200, balance.text
+
+
+def test_without_the_guard_the_same_calls_reach_the_provider(env: PluginEnv) -> None:
+    """The control: the same proxy config minus the guard forwards an Assistants run and a
+    pass-through call to the stand-ins, with no hold and no usage row (what the guard stops)."""
+    config = yaml.safe_load(env.proxy.config_path.read_text())
+    config["litellm_settings"]["callbacks"].remove("credits_e2e_guard.handler")
+    extra = {k: v for k, v in env.proxy.env.items()
+             if k.startswith("CREDITS_") or k == "PYTHONPATH"}
+    extra["CREDITS_SPOOL_DIR"] = str(env.workdir / "spool-unguarded")
+    proxy = ProxyProcess(config, free_port(PROXY_PORTS), extra,
+                         log_path=env.workdir / "unguarded.log")
+    user = env.new_user("unguarded")
+    try:
+        proxy.start()
+        unguarded = openai.OpenAI(base_url=proxy.url("/v1"), api_key=user_key(user),
+                                  max_retries=0, timeout=30.0)
+        with unguarded, contextlib.suppress(openai.APIError):
+            # The stand-in has no Assistants API, so the call fails after reaching it.
+            unguarded.beta.threads.runs.create(thread_id="thread_abc", assistant_id="asst_abc")
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(proxy.url("/openai/v1/chat/completions"), timeout=30.0,
+                       headers={"Authorization": f"Bearer {user_key(user)}"},
+                       json={"model": "chat",  # a model the plugin knows, so its hook holds
+                             "messages": [{"role": "user", "content": "hi"}]})
+    finally:
+        proxy.stop()
+    paths = [r.path for r in env.up("openai").requests]
+    assert "/v1/threads/thread_abc/runs" in paths, recorded(env)
+    assert "/v1/chat/completions" in paths, recorded(env)
