@@ -22,7 +22,7 @@ microsecond), because it runs on every request.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -35,6 +35,7 @@ __all__ = [
     "RouteGuard",
     "RoutePolicy",
     "classify",
+    "custom_pass_through_paths",
     "install",
 ]
 
@@ -232,17 +233,27 @@ class RoutePolicy:
     """Which families are refused; built once from :class:`GuardSettings`."""
 
     refused: frozenset[str]
+    # Operator-defined pass-through paths (general_settings.pass_through_endpoints[].path).
+    custom_pass_through: tuple[str, ...] = ()
 
     @classmethod
-    def from_settings(cls, settings: GuardSettings) -> RoutePolicy:
+    def from_settings(cls, settings: GuardSettings,
+                      custom_pass_through: Iterable[str] = ()) -> RoutePolicy:
         refused = set(UNBILLED_FAMILIES) - set(settings.allow_unbilled_routes)
         if settings.pass_through_billing:
             refused.discard(PASS_THROUGH)
-        return cls(refused=frozenset(refused))
+        paths = tuple(p.rstrip("/") for p in custom_pass_through if p.strip("/"))
+        return cls(refused=frozenset(refused), custom_pass_through=paths)
+
+    def family(self, path: str) -> str:
+        for prefix in self.custom_pass_through:
+            if path == prefix or path.startswith(prefix + "/"):
+                return PASS_THROUGH
+        return classify(path)
 
     def decide(self, path: str) -> Refusal | None:
         """None to let the request through, else the refusal to send."""
-        family = classify(path)
+        family = self.family(path)
         if family not in self.refused:
             return None
         setting = ("pass_through_billing: true" if family == PASS_THROUGH
@@ -290,6 +301,16 @@ class RouteGuard:
         await receive()  # the websocket.connect message
         await send({"type": "websocket.close", "code": 1008,
                     "reason": f"route not billable; set {refusal.setting}"[:123]})
+
+
+def custom_pass_through_paths(general_settings: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The paths of the pass-through endpoints an operator declared in LiteLLM's config
+    (``general_settings.pass_through_endpoints``): they reach a provider too."""
+    entries = (general_settings or {}).get("pass_through_endpoints") or ()
+    if not isinstance(entries, (list, tuple)):
+        return ()
+    return tuple(str(e["path"]) for e in entries
+                 if isinstance(e, Mapping) and isinstance(e.get("path"), str))
 
 
 _INSTALLED: Final = "credits_route_guard"

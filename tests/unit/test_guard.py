@@ -252,6 +252,24 @@ def test_allow_list_and_pass_through_billing() -> None:
     assert pt is not None and pt.setting == "pass_through_billing: true"
 
 
+def test_custom_pass_through_endpoints() -> None:
+    general = {"pass_through_endpoints": [
+        {"path": "/my-llm", "target": "https://llm.example/v1"},
+        {"path": "/v1/rerank-custom/", "target": "https://x"}, {"no": "path"}]}
+    paths = guard.custom_pass_through_paths(general)
+    assert paths == ("/my-llm", "/v1/rerank-custom/")
+    policy = RoutePolicy.from_settings(GuardSettings(), paths)
+    for refused in ("/my-llm", "/my-llm/chat", "/v1/rerank-custom/x"):
+        refusal = policy.decide(refused)
+        assert refusal is not None and refusal.family == "pass_through", refused
+    assert policy.decide("/my-llmx") is None
+    assert policy.decide("/v1/chat/completions") is None
+    assert guard.custom_pass_through_paths(None) == ()
+    assert guard.custom_pass_through_paths({"pass_through_endpoints": "bad"}) == ()
+    opened = RoutePolicy.from_settings(GuardSettings(pass_through_billing=True), paths)
+    assert opened.decide("/my-llm/chat") is None
+
+
 def test_settings_refuse_unknown_and_wrong_types() -> None:
     with pytest.raises(ValueError, match="unknown route family chats"):
         GuardSettings(allow_unbilled_routes=("chats",))
