@@ -21,7 +21,7 @@ import pytest
 from devtools.pg import PgCluster
 from devtools.proxy import MASTER_KEY, ProxyProcess, user_key
 from litellm_credits.api.bodies import MAX_BODY_BYTES, MAX_WEBHOOK_BYTES
-from litellm_credits.byok.vault import NOT_CONFIGURED_MESSAGE, generate_key_entry
+from litellm_credits.byok.masterkeys import NOT_CONFIGURED_MESSAGE, generate_key_entry
 from tests.e2e.plugin_env import PluginEnv, chat_deployment, credits_config, plugin_env
 
 pytestmark = pytest.mark.e2e
