@@ -129,6 +129,8 @@ def _details(usage: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
     return value if isinstance(value, Mapping) else None
 
 
+_DETAIL_KEYS: Final = frozenset({"prompt_tokens_details", "completion_tokens_details",
+                                 "cache_read_input_tokens", "cache_creation_input_tokens"})
 _BY_CALL_TYPE: Final[dict[str, str]] = {
     "image_generation": "image", "aimage_generation": "image", "aimage_edit": "image",
     "transcription": "second", "atranscription": "second",
@@ -146,6 +148,14 @@ def priced_dimensions(usage: Mapping[str, Any] | None, call_type: str = "acomple
     which also carries Anthropic's ``cache_creation_input_tokens``/``cache_read_input_tokens``.
     """
     usage = usage or {}
+    extra = _BY_CALL_TYPE.get(call_type)
+    if call_type in ("speech", "aspeech") and speech_by_character:
+        extra = "character"
+    if not usage.keys() & _DETAIL_KEYS:  # plain token usage (most calls): two lookups
+        plain = tuple(name for name, key in (("input", "prompt_tokens"),
+                                             ("output", "completion_tokens"))
+                      if _int(usage, key) > 0)
+        return plain if extra is None else (*plain, extra)
     prompt_d = _details(usage, "prompt_tokens_details")
     completion_d = _details(usage, "completion_tokens_details")
     cache_read = _int(prompt_d, "cached_tokens") or _int(usage, "cache_read_input_tokens")
@@ -160,9 +170,6 @@ def priced_dimensions(usage: Mapping[str, Any] | None, call_type: str = "acomple
         ("input", plain_in), ("cache_read", cache_read), ("cache_creation", cache_creation),
         ("audio_in", audio_in), ("output", plain_out), ("reasoning", reasoning),
         ("audio_out", audio_out)) if qty > 0]
-    extra = _BY_CALL_TYPE.get(call_type)
-    if call_type in ("speech", "aspeech") and speech_by_character:
-        extra = "character"
     if extra is not None:
         found.append(extra)
     return tuple(found)

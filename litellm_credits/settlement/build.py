@@ -315,14 +315,17 @@ def success_record(
         status_code=200,
         app_id=app_id,
         session_id=session_id,
-        request_metadata=capped_json({
+        # Both metadata are fixed allow-lists of short() texts (NUL-free, <= 255 chars),
+        # flags, our own names and Decimal strings: JSON-safe and far below
+        # MAX_METADATA_BYTES as built, so capped_json's round trip is not needed here.
+        request_metadata={
             "litellm_call_id": short(slo.get("litellm_call_id")),
             "end_user": short(slo.get("end_user")),
             "stream": bool(slo.get("stream")),
             "route_rule": ctx.route_rule,
             "call_type": short(slo.get("call_type")),
-        }),
-        response_metadata=capped_json(response_metadata),
+        },
+        response_metadata=response_metadata,
     )
 
 
