@@ -6,6 +6,11 @@
 from a saved run with ``python -m bench.report [bench/results/raw/latest-full.json]``.
 :func:`write_results` writes a run twice: in full to ``bench/results/raw/`` (not in
 git) and, without the per-run records, to the committed ``bench/results/latest.json``.
+
+The page itself is :mod:`bench.report_render` (method text), with the result
+tables from :mod:`bench.report_sections` and the findings from
+:mod:`bench.report_findings`, which copies ``bench/history.md`` (figures measured
+once, by experiments that are gone) verbatim so that no run loses them.
 """
 
 from __future__ import annotations
