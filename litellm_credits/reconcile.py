@@ -151,8 +151,7 @@ async def reconcile(
     params = {"user_id": user_id, "limit": limit, "grace_seconds": hold_grace_seconds}
     started = time.perf_counter()
     results: list[CheckResult] = []
-    async with db.transaction() as conn:
-        await run(conn, "reconcile_snapshot")
+    async with db.transaction(start="reconcile_snapshot") as conn:
         await run(conn, "reconcile_work_mem")
         for spec in CHECKS:
             t0 = time.perf_counter()

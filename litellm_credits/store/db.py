@@ -7,6 +7,15 @@ nowhere else.
 
 The pool is created closed (``open=False``) and opened by :meth:`Database.open`
 inside the running event loop, as psycopg_pool asks of async pools.
+
+Behind a pooler (PgBouncer in transaction mode) consecutive transactions of one
+client connection may run on different server connections, so nothing here
+relies on session state: no startup ``options`` (a default PgBouncer refuses
+the connection), no server-side prepared statements (``prepare_threshold=None``),
+and the statement timeout is set with ``set_config(..., true)`` -- ``SET LOCAL``
+-- inside every transaction this module opens. A single statement goes out as
+BEGIN, set_config, the statement and COMMIT in one pipeline: one round trip,
+as before (see docs/operations.md, "PgBouncer", for the measured cost).
 """
 
 from __future__ import annotations
@@ -160,6 +169,8 @@ class Database:
     ) -> None:
         self.conninfo = conninfo
         self._statement_timeout_ms = statement_timeout_ms
+        self._timeout_params = {"ms": str(statement_timeout_ms)}
+        self._close_timeout = timeout + 1.0
         self._deadline = timeout + statement_timeout_ms / 1000 + 1.0
         self._abandoned: set[asyncio.Future[Any]] = set()
         self.pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Row]] = (
@@ -175,8 +186,10 @@ class Database:
                     "autocommit": True,
                     "row_factory": dict_row,
                     "connect_timeout": max(1, int(timeout)),
-                    "options": f"-c statement_timeout={statement_timeout_ms}",
                     "application_name": name,
+                    # Named prepared statements live in one server session; behind a
+                    # transaction-mode pooler the next execute may land elsewhere.
+                    "prepare_threshold": None,
                 },
                 # Re-check a connection before handing it out only when it was
                 # idle long; a dead one then fails fast and is replaced.
@@ -189,8 +202,15 @@ class Database:
         async with translating():
             await self.pool.open(wait=wait, timeout=self.pool.timeout)
 
-    async def close(self) -> None:
-        await self.pool.close()
+    async def close(self, timeout: float | None = None) -> None:
+        """Close the pool within ``timeout`` seconds (default: the pool timeout + 1 s).
+
+        psycopg_pool waits for connections still in use to come back, and a
+        connection whose task is stuck (or was abandoned by :meth:`bounded` and
+        waits on the server's cancel) would make that wait unbounded; after the
+        timeout those connections are closed under their users instead.
+        """
+        await self.pool.close(timeout=self._close_timeout if timeout is None else timeout)
 
     # statement_timeout is enforced by the server; a server that froze (or a
     # network that dropped packets) would hang the caller, so the client keeps a
@@ -207,9 +227,30 @@ class Database:
             yield conn
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+    async def transaction(
+        self, start: str | None = None
+    ) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+        """A transaction under the statement timeout (set LOCAL: it ends with the transaction).
+
+        ``start`` names a statement that must come first (``SET TRANSACTION ...``).
+        """
         async with self.connection() as conn, conn.transaction():
+            if start is not None:
+                await conn.execute(query(start))
+            await conn.execute(query("set_statement_timeout"), self._timeout_params)
             yield conn
+
+    async def _one_statement(
+        self, conn: psycopg.AsyncConnection[Row], name: str, params: Params
+    ) -> psycopg.AsyncCursor[Row]:
+        """Run one named statement in its own transaction under the statement timeout.
+
+        BEGIN, set_config, the statement and COMMIT are pipelined: one round trip.
+        """
+        async with translating(), conn.pipeline(), conn.transaction():
+            await conn.execute(query("set_statement_timeout"), self._timeout_params)
+            cur = await conn.execute(query(name), params)
+        return cur
 
     async def bounded(self, work: Awaitable[T], deadline: float | None = None) -> T:
         """Await ``work`` at most ``deadline`` seconds (default: the pool's), not its cleanup.
@@ -248,23 +289,25 @@ class Database:
     async def fetchone(self, name: str, params: Params = None) -> Row | None:
         async def work() -> Row | None:
             async with self.connection() as conn:
-                cur = await conn.execute(query(name), params)
+                cur = await self._one_statement(conn, name, params)
                 return await cur.fetchone()
 
         return await self.bounded(work())
 
-    async def fetchall(self, name: str, params: Params = None) -> list[Row]:
+    async def fetchall(
+        self, name: str, params: Params = None, deadline: float | None = None
+    ) -> list[Row]:
         async def work() -> list[Row]:
             async with self.connection() as conn:
-                cur = await conn.execute(query(name), params)
-                return await cur.fetchall()
+                cur = await self._one_statement(conn, name, params)
+                return await cur.fetchall() if cur.description else []
 
-        return await self.bounded(work())
+        return await self.bounded(work(), deadline)
 
     async def execute(self, name: str, params: Params = None) -> int:
         async def work() -> int:
             async with self.connection() as conn:
-                cur = await conn.execute(query(name), params)
+                cur = await self._one_statement(conn, name, params)
                 return cur.rowcount
 
         return await self.bounded(work())

@@ -267,6 +267,9 @@ class PluginEnv:
             check: bool = True) -> subprocess.CompletedProcess[str]:
         run_env = dict(self.env)
         run_env.update(env or {})
+        # The checkout under test, not whatever the venv's editable install points at.
+        run_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), run_env.get("PYTHONPATH", "")) if p)
         done = subprocess.run([venv_bin("litellm-credits"), *args], input=stdin,
                               capture_output=True, text=True, env=run_env, timeout=60,
                               cwd=str(REPO_ROOT))

@@ -1,6 +1,11 @@
 -- Named queries, referred to by name from Python (litellm_credits.db.query).
 -- Parameters are always bound, never formatted in.
 
+-- name: set_statement_timeout
+-- SET LOCAL by another name (SET takes no bound parameter): the timeout lasts until
+-- the end of the current transaction, so it survives a transaction-mode pooler.
+SELECT set_config('statement_timeout', %(ms)s, true);
+
 -- name: add_credits
 SELECT success, new_balance, transaction_id
   FROM add_user_credits(%(user_id)s, %(amount)s, %(type)s, %(payment_id)s, %(description)s,
