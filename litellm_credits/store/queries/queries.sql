@@ -2,9 +2,10 @@
 -- Parameters are always bound, never formatted in.
 
 -- name: set_statement_timeout
--- SET LOCAL by another name (SET takes no bound parameter): the timeout lasts until
--- the end of the current transaction, so it survives a transaction-mode pooler.
-SELECT set_config('statement_timeout', %(ms)s, true);
+-- Lasts until the end of the current transaction, so it survives a transaction-mode
+-- pooler. Bound on the client (SET takes no server-side parameter); db.py sends it in
+-- the same message as a single statement, which makes the two one implicit transaction.
+SET LOCAL statement_timeout = %(credits_statement_timeout_ms)s;
 
 -- name: add_credits
 SELECT success, new_balance, transaction_id
