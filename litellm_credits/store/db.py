@@ -22,6 +22,7 @@ setting ends with it (see docs/operations.md, "PgBouncer", for the measured cost
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -35,6 +36,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from litellm_credits import errors
+
+log = logging.getLogger(__name__)
 
 Params = Mapping[str, Any] | Sequence[Any] | None
 T = TypeVar("T")
@@ -217,12 +220,21 @@ class Database:
     async def close(self, timeout: float | None = None) -> None:
         """Close the pool within ``timeout`` seconds (default: the pool timeout + 1 s).
 
-        psycopg_pool waits for connections still in use to come back, and a
-        connection whose task is stuck (or was abandoned by :meth:`bounded` and
-        waits on the server's cancel) would make that wait unbounded; after the
-        timeout those connections are closed under their users instead.
+        psycopg_pool's close waits up to its ``timeout`` for its workers and does
+        not wait for connections in use (they are closed when returned). The
+        whole close is still bounded here, so a stuck lock or a worker that
+        ignores its stop cannot hang a shutdown; work abandoned by
+        :meth:`bounded` is cancelled first.
         """
-        await self.pool.close(timeout=self._close_timeout if timeout is None else timeout)
+        limit = self._close_timeout if timeout is None else timeout
+        for task in list(self._abandoned):
+            task.cancel()
+        try:
+            async with asyncio.timeout(limit + 1.0):
+                await self.pool.close(timeout=limit)
+        except TimeoutError:
+            log.error("the credits database pool %r did not close within %.0f s; left behind",
+                      self.pool.name, limit + 1.0)
 
     # statement_timeout is enforced by the server; a server that froze (or a
     # network that dropped packets) would hang the caller, so the client keeps a
