@@ -1,4 +1,5 @@
-"""``litellm-credits reconcile [--json] [--user USER] [--limit N] [--hold-grace SECONDS]``.
+"""``litellm-credits reconcile [--json] [--user USER] [--limit N] [--hold-grace SECONDS]
+[--stale-hold SECONDS]``.
 
 Exit status: 0 when every check passes ("all checks passed"), 1 when any
 check has findings, 2 when the database cannot be reached (see cli.main).
@@ -29,6 +30,7 @@ async def cmd_reconcile(args: argparse.Namespace, ctx: Any) -> int:
         user_id=args.user,
         limit=args.limit,
         hold_grace_seconds=args.hold_grace,
+        stale_hold_seconds=args.stale_hold,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -48,3 +50,8 @@ def register(sub: Any, add: Any) -> None:
                    default=reconcile.DEFAULT_HOLD_GRACE_SECONDS, metavar="SECONDS",
                    help="how long past expiry a hold may wait for the sweeper "
                    f"(default {reconcile.DEFAULT_HOLD_GRACE_SECONDS})")
+    p.add_argument("--stale-hold", type=_non_negative,
+                   default=reconcile.DEFAULT_STALE_HOLD_SECONDS, metavar="SECONDS",
+                   help="age after which an unexpired hold without a usage row is a finding "
+                   f"(default {reconcile.DEFAULT_STALE_HOLD_SECONDS}; keep it below "
+                   "hold_ttl_seconds, or the sweeper deletes the evidence first)")
