@@ -163,14 +163,3 @@ def cost_drift(provider: str, reported: Decimal, engine: Decimal) -> None:
         if child is None:
             child = _children[key] = COST_DRIFT_RATIO.labels(provider)
         child.observe(float(reported / engine))
-EARLY_SETTLEMENT_FALLBACKS = Counter(
-    "credits_early_settlement_fallbacks_total",
-    "Served requests settled from LiteLLM's success event (after the response) instead of "
-    "being journaled before it, by reason",
-    ["reason"], registry=REGISTRY,
-)
-STREAMS_CUT_BILLED = Counter(
-    "credits_streams_cut_billed_total",
-    "Streams the provider cut short after text reached the client, billed for that text",
-    registry=REGISTRY,
-)
