@@ -104,10 +104,11 @@ def compute_charge(
 # client got nothing (embeddings, images, audio, rerank never have output tokens).
 _OUTPUT_CALLS = frozenset({"completion", "acompletion", "text_completion", "atext_completion",
                            "anthropic_messages", "responses", "aresponses"})
-# Call types whose usage is not in tokens: a served one always consumed something.
+# Call types whose usage is not (or not always) in LiteLLM's token counts: a served one
+# always consumed something (a pass-through call's usage is whatever LiteLLM could parse).
 _MEDIA_CALLS = frozenset({"image_generation", "aimage_generation", "aimage_edit", "image_edit",
                           "speech", "aspeech", "transcription", "atranscription", "rerank",
-                          "arerank"})
+                          "arerank", "pass_through_endpoint"})
 _BLANK_FINISH = frozenset({"", "error", "failed", "cancelled", "incomplete"})
 
 
