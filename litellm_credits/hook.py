@@ -187,15 +187,16 @@ class CreditsHandler(CustomLogger):
         try:
             await rt.ensure_started()
             md = _ensure_metadata(data)
-            user_id = identity.payer(user_api_key_dict, data)
+            who = identity.resolve(user_api_key_dict, data)  # issue 14: team/service payers
             request_id = self._request_id(data, md)
-            ctx: dict[str, Any] = {"request_id": request_id, "user_id": user_id,
+            ctx: dict[str, Any] = {"request_id": request_id, "user_id": who.account,
+                                   "payer": who.describe(who.account),
                                    "issued_by": _PROCESS_TOKEN,
                                    "model_group": data.get("model")}
             md[CTX] = ctx
             self._issued[id(data)] = ctx
             try:
-                return await self._admit(rt, data, md, ctx)
+                return await self._admit(rt, data, md, ctx, who)
             except errors.CreditsError as exc:
                 level_label = str(ctx.get("power_level") or "unknown")
                 if not isinstance(exc, errors.DatabaseUnavailable):
@@ -213,7 +214,8 @@ class CreditsHandler(CustomLogger):
                 metrics.count(metrics.REQUESTS, level_label, "none", outcome)
 
     async def _admit(
-        self, rt: Runtime, data: dict[str, Any], md: dict[str, Any], ctx: dict[str, Any]
+        self, rt: Runtime, data: dict[str, Any], md: dict[str, Any], ctx: dict[str, Any],
+        who: identity.Payer,
     ) -> dict[str, Any]:
         model_group = data.get("model")
         if not isinstance(model_group, str) or not model_group:
@@ -248,8 +250,10 @@ class CreditsHandler(CustomLogger):
         )
         base = pricing.to_credits(usd, snapshot.credits_per_usd, Decimal(1))
         try:
-            res = await rt.ledger.reserve(
-                ctx["user_id"], ctx["request_id"], base, requested, rt.settings.hold_ttl_seconds)
+            # A team without a wallet falls back to its member (identity.reserve).
+            ctx["user_id"], res = await identity.reserve(
+                rt.ledger, who, ctx["request_id"], base, requested, rt.settings.hold_ttl_seconds)
+            ctx["payer"] = who.describe(ctx["user_id"])
         except errors.DatabaseUnavailable:
             res = self._fail_open(rt, ctx["user_id"], base, requested)
         except errors.AccountNotFound:
@@ -576,12 +580,13 @@ def _mount_api() -> None:
     except ImportError:  # the package is used without the proxy (CLI, tests)
         return
     from litellm_credits.api import app as api
-    from litellm_credits.api import ui
+    from litellm_credits.api import teams, ui
     from litellm_credits.observe import monitoring
 
     app = getattr(proxy_server, "app", None)
     if app is not None:
         api.mount(app)
+        teams.mount(app)  # issue 14: /credits/teams/{team_id}/...
         monitoring.mount(app)
         ui.mount(app)
     _start_when_loaded()

@@ -62,6 +62,7 @@ from litellm_credits.billing.stripe import (
 )
 from litellm_credits.byok.keys import KeyStore
 from litellm_credits.byok.vault import Vault
+from litellm_credits.identity import check_person_id
 from litellm_credits.ledger import check_user_id, money, parse_amount
 from litellm_credits.runtime import Runtime, get_runtime
 from litellm_credits.settings import Settings
@@ -306,7 +307,7 @@ def subject(auth: UserAPIKeyAuth, requested: str | None, *, write: bool) -> str:
             )
         return requested
     if own:
-        return check_user_id(own)
+        return check_person_id(own, "this key's user id")  # never a team:<id> account
     if privileged:
         raise errors.InvalidUserId(
             "this admin key has no user_id of its own; name the user with ?user_id=..."
@@ -627,6 +628,11 @@ async def post_purchase(
 ) -> dict[str, Any]:
     runtime = await _runtime()
     who = subject(auth, user_id, write=True)
+    return await start_checkout(runtime, who, body)
+
+
+async def start_checkout(runtime: Runtime, who: str, body: PurchaseBody) -> dict[str, Any]:
+    """A Stripe Checkout that credits account ``who`` (a user, or ``team:<id>``: api/teams)."""
     package = await runtime.db.fetchone("api_package", {"id": body.package_id})
     if package is None:
         raise errors.NotFound(

@@ -171,6 +171,7 @@ def success_record(
             "stream": bool(slo.get("stream")),
             "route_rule": ctx.get("route_rule"),
             "call_type": short(slo.get("call_type")),
+            "payer": ctx.get("payer"),  # which key and member spent (identity.Payer)
         }),
         "response_metadata": capped_json({
             "deployment_id": short(slo.get("model_id")),
@@ -212,7 +213,8 @@ def failure_record(
         "cost_multiplier": None,
         "app_id": app_id,
         "session_id": session_id,
-        "request_metadata": capped_json({"route_rule": ctx.get("route_rule")}),
+        "request_metadata": capped_json({"route_rule": ctx.get("route_rule"),
+                                         "payer": ctx.get("payer")}),
         "response_metadata": {},
         "created_at": datetime.now(UTC),
     }

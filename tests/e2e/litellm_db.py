@@ -8,6 +8,8 @@ workplace) replaces them offline; see its README. This module:
 * :func:`prepare_tool` runs its ``setup`` into ``.run/litellm-db`` (idempotent, under a file lock
   because it regenerates the Prisma client inside the shared venv) and returns the ``PRISMA_*``
   variables of its ``env.sh``;
+* :func:`shared_litellm_env` is the session's one such proxy (fixture ``litellm_proxy`` in
+  ``tests/e2e/conftest.py``), with a Stripe stub; every test makes its own users and teams;
 * :func:`litellm_env` creates a LiteLLM database on the test cluster, applies LiteLLM's own
   migrations with ``apply-migrations``, and starts ONE proxy through
   :func:`tests.e2e.plugin_env.plugin_env` (which creates the credits database and the stand-in
@@ -39,11 +41,22 @@ import pytest
 
 from devtools.pg import PgCluster
 from devtools.proxy import MASTER_KEY, DeploymentSpec
-from tests.e2e.plugin_env import REPO_ROOT, PluginEnv, plugin_env
+from devtools.stripe_stub import StripeStub
+from tests.e2e.plugin_env import (
+    REPO_ROOT,
+    PluginEnv,
+    chat_deployment,
+    credits_config,
+    free_port,
+    plugin_env,
+)
 
 SHARED = REPO_ROOT.parent / "shared"
 TOOL = SHARED / "tools" / "litellm-db"
 WORKDIR = REPO_ROOT / ".run" / "litellm-db"
+STRIPE_API_KEY = "sk_test_litellm_db"
+WEBHOOK_SECRET = "whsec_test_litellm_db"
+STUB_PORTS = range(58200, 58300)  # this project's e2e range is 58000-58499
 
 
 def tool_dir() -> Path:
@@ -107,6 +120,7 @@ class LiteLLMEnv:
     plugin: PluginEnv
     litellm_url: str
     litellm_conn: psycopg.Connection[Any]
+    stripe: StripeStub | None = None
 
     def __getattr__(self, name: str) -> Any:  # the PluginEnv helpers, unchanged
         return getattr(self.plugin, name)
@@ -168,8 +182,12 @@ def litellm_env(
     label: str,
     config: Mapping[str, Any] | None = None,
     edit_config: Callable[[dict[str, Any]], None] | None = None,
+    stripe: StripeStub | None = None,
 ) -> Iterator[LiteLLMEnv]:
-    """LiteLLM database + credits database + stand-ins + one proxy on LiteLLM's own auth."""
+    """LiteLLM database + credits database + stand-ins + one proxy on LiteLLM's own auth.
+
+    With ``stripe``, the proxy's Stripe points at that stub and the stub's webhook at the
+    proxy."""
     prisma_env = prepare_tool()
 
     def own_auth(cfg: dict[str, Any]) -> None:
@@ -183,8 +201,29 @@ def litellm_env(
     with litellm_database(pg_cluster, label) as url, contextlib.ExitStack() as stack:
         env = dict(prisma_env)
         env.update({"DATABASE_URL": url, "DISABLE_SCHEMA_UPDATE": "true"})
+        if stripe is not None:
+            env.update({"CREDITS_STRIPE_API_KEY": STRIPE_API_KEY,
+                        "CREDITS_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                        "CREDITS_STRIPE_API_BASE": stripe.base_url})
         penv = stack.enter_context(plugin_env(
             pg_cluster, models, providers=providers, config=config, extra_env=env,
             label=label, edit_config=own_auth))
+        if stripe is not None:
+            stripe.webhook_url = penv.proxy.url("/credits/stripe/webhook")
         conn = stack.enter_context(psycopg.connect(url, autocommit=True))
-        yield LiteLLMEnv(plugin=penv, litellm_url=url, litellm_conn=conn)
+        yield LiteLLMEnv(plugin=penv, litellm_url=url, litellm_conn=conn, stripe=stripe)
+
+
+@contextlib.contextmanager
+def shared_litellm_env(pg_cluster: PgCluster) -> Iterator[LiteLLMEnv]:
+    """The session's one proxy on LiteLLM's database: model group ``chat`` on the ``openai``
+    stand-in, Stripe on a stub, a credits config with the "free" and "pro" tiers."""
+    tool_dir()
+    config = credits_config(tiers={"free": {}, "pro": {"monthly_quota": "5000"}},
+                            stripe={"success_url": "http://localhost/ok",
+                                    "cancel_url": "http://localhost/cancel"})
+    with StripeStub(port=free_port(STUB_PORTS), api_key=STRIPE_API_KEY,
+                    webhook_secret=WEBHOOK_SECRET) as stub, litellm_env(
+            pg_cluster, {"chat": [chat_deployment("openai")]}, providers=("openai",),
+            label="litellm", config=config, stripe=stub) as env:
+        yield env
