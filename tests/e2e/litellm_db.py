@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -64,6 +65,9 @@ def tool_dir() -> Path:
     if not (TOOL / "setup").exists():
         pytest.skip(f"LiteLLM's own database needs the litellm-db tool at {TOOL}, which exists "
                     "only in the workplace checkout (../shared is absent here)")
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("LiteLLM's own database needs node and npm for the litellm-db tool "
+                    "(`make install` installs Debian's nodejs and npm as root)")
     return TOOL
 
 
