@@ -580,13 +580,14 @@ def _mount_api() -> None:
     except ImportError:  # the package is used without the proxy (CLI, tests)
         return
     from litellm_credits.api import app as api
-    from litellm_credits.api import teams, ui
+    from litellm_credits.api import console, teams, ui
     from litellm_credits.observe import monitoring
 
     app = getattr(proxy_server, "app", None)
     if app is not None:
         api.mount(app)
         teams.mount(app)  # issue 14: /credits/teams/{team_id}/...
+        console.mount(app)  # issue 14: the admin console, /credits/ui/console
         monitoring.mount(app)
         ui.mount(app)
     _start_when_loaded()

@@ -42,7 +42,7 @@ def no_trace(env: LiteLLMEnv, user: str, start: str = "100") -> None:
 
 def test_litellm_budget_refusal_leaves_no_credits_trace(env: LiteLLMEnv) -> None:
     alice = env.new_user("alice")
-    key = env.new_key(user_id=alice, max_budget=0.000000001)
+    key = env.new_key(user_id=alice, spend=1.0, max_budget=0.5)  # already over it
     with pytest.raises(openai.APIStatusError) as info:
         chat(env.client(key))
     assert info.value.status_code in (400, 429), info.value
@@ -85,5 +85,7 @@ def test_our_402_does_not_use_up_the_litellm_budget(env: LiteLLMEnv) -> None:
     assert env.calls() == {"openai": 0}
     env.http("POST", "/credits/admin/grant", json={"user_id": bob, "amount": "100"})
     chat(env.client(key))  # LiteLLM still has the whole budget for it
-    [row] = env.wait_for_rows(bob, 1)
-    assert row["success"] and row["credits_charged"] == COST
+    rows = env.wait_for_rows(bob, 11)  # ten rejection rows (not billed) and the success
+    assert [r["success"] for r in rows] == [False] * 10 + [True]
+    assert sum(r["credits_charged"] for r in rows) == COST
+    assert [d["amount"] for d in env.usage_debits(bob)] == [-COST]
