@@ -1,8 +1,8 @@
 """LiteLLM's own budgets beside our credits, on the same virtual key (docs/operations.md).
 
-LiteLLM 1.102.4 checks a key's ``max_budget`` (USD, its own spend counters) at auth time and
-reserves the request's estimated cost there, releasing it in its failure hook. Our hold comes
-after, in the pre-call hook. So:
+LiteLLM 1.102.4 checks a key's ``max_budget`` (USD, its own spend counters) at auth time (its
+optional budget reservation is released by its own failure hook). Our hold comes after, in the
+pre-call hook. So:
 
 * a request LiteLLM's budget refuses never reaches our hook: no hold, no usage row, no debit;
 * a request our credits refuse (402) releases LiteLLM's reservation: refusals do not use up
