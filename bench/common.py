@@ -30,6 +30,10 @@ if str(REPO_ROOT) not in sys.path:
 from devtools.pg import PgCluster  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
+# The full raw output of the last run (thousands of lines): kept out of git.
+RAW_RESULTS_PATH = RESULTS_DIR / "raw" / "latest-full.json"
+# What is committed: the figures the targets and docs read, same key paths.
+SUMMARY_PATH = RESULTS_DIR / "latest.json"
 WORK_DIR = REPO_ROOT / ".run" / "bench"  # logs, configs, spools: never committed
 DOCS_PATH = REPO_ROOT / "docs" / "benchmarks.md"
 

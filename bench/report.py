@@ -3,7 +3,9 @@
 :func:`finalize` adds to the raw results the keys operators and reviewers read
 (``settlement.spread_per_s`` and friends, ``targets``, ``scaling``);
 :func:`write_docs` renders the whole run as Markdown. Regenerate the document
-from a saved run with ``python -m bench.report [bench/results/latest.json]``.
+from a saved run with ``python -m bench.report [bench/results/raw/latest-full.json]``.
+:func:`write_results` writes a run twice: in full to ``bench/results/raw/`` (not in
+git) and, without the per-run records, to the committed ``bench/results/latest.json``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import DOCS_PATH, RESULTS_DIR, rnd
+from bench.common import DOCS_PATH, RAW_RESULTS_PATH, RESULTS_DIR, SUMMARY_PATH, rnd
 
 FLUSH_SECONDS = 0.05  # the writer's default flush window (writer.flush_ms: 50)
 
@@ -26,6 +28,53 @@ TARGETS = [
     ("settlement.spread_per_s", ">=", 10_000, "settled requests/s, spread over 1,000 users"),
     ("settlement.hot_user_per_s", ">=", 2_000, "settled requests/s, one hot user"),
 ]
+
+
+# Keys of the raw output that hold per-run records or local paths; the summary drops them.
+_RAW_ONLY = frozenset({"runs", "log_files", "targets_summary"})
+
+
+def summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The committed ``bench/results/latest.json``: the raw results without per-run records.
+
+    Every scalar keeps its key path (``proxy.c16.throughput_ratio``,
+    ``settlement.spread_per_s``, ``hook.concurrent.process_cpu_ms_per_request``...),
+    and so do the per-pair figures (``throughput_ratio_pairs``, ``rps_runs``,
+    ``per_s_runs``). Lists of records (each wrk run, each sample) stay in the raw file.
+    """
+    def keep(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: keep(v) for k, v in node.items()
+                    if k not in _RAW_ONLY and not _records(v)}
+        return node
+
+    kept: dict[str, Any] = keep(results)
+    return kept
+
+
+def _records(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def dump_summary(data: dict[str, Any]) -> str:
+    """JSON with one key per line and short lists on one line, so diffs stay readable."""
+    def render(node: Any, indent: str) -> str:
+        if isinstance(node, dict) and node:
+            inner = indent + "  "
+            items = [f"{inner}{json.dumps(k)}: {render(v, inner)}" for k, v in node.items()]
+            return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+        return json.dumps(node)
+
+    return render(data, "") + "\n"
+
+
+def write_results(results: dict[str, Any], raw_path: Path = RAW_RESULTS_PATH,
+                  summary_path: Path = SUMMARY_PATH) -> None:
+    """The full output to the ignored raw file, the summary to the committed one."""
+    raw_path.parent.mkdir(parents=True, exist_ok=True)
+    raw_path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(dump_summary(summary(results)))
 
 
 def get(data: dict[str, Any], path: str) -> Any:
@@ -926,7 +975,6 @@ def render(results: dict[str, Any]) -> str:
         "make bench                      # about 10 minutes; wrk from apt (apt-get install -y wrk)",
         ".venv/bin/python -m bench.run --quick          # about 3 minutes",
         ".venv/bin/python -m bench.run --only proxy --concurrency 16 --pairs 5 --diagnose",
-        ".venv/bin/python -m bench.experiments          # the before/after experiments",
         "```",
         "",
     ]
@@ -984,7 +1032,9 @@ def write_docs(results: dict[str, Any], path: Path = DOCS_PATH) -> Path:
 
 
 def main() -> None:
-    source = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS_DIR / "latest.json"
+    """Re-render the docs from a saved run: the raw output when present, else the summary."""
+    default = RAW_RESULTS_PATH if RAW_RESULTS_PATH.exists() else SUMMARY_PATH
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else default
     results = json.loads(source.read_text())
     finalize(results)
     print(write_docs(results))

@@ -1,8 +1,10 @@
 """``make bench``: ``python -m bench.run [--quick]``.
 
 Runs the four parts of the benchmark against a PostgreSQL cluster of its own
-(``.run/pg-bench``, port 55499), writes ``bench/results/latest.json`` and
-regenerates ``docs/benchmarks.md``:
+(``.run/pg-bench``, port 55499), writes the full results to
+``bench/results/raw/latest-full.json`` (not in git), a summary with the same key
+paths to ``bench/results/latest.json`` (committed), and regenerates
+``docs/benchmarks.md``:
 
 1. proxy overhead, plugin on versus off (``bench.proxy_bench``);
 2. settlement throughput through the writer, against a one-transaction-per-request
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import time
@@ -32,7 +33,9 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from bench.common import (  # noqa: E402
+    RAW_RESULTS_PATH,
     RESULTS_DIR,
+    SUMMARY_PATH,
     WORK_DIR,
     bench_cluster,
     fresh_database,
@@ -110,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run a proxy with a do-nothing callback")
     parser.add_argument("--max-foreign", type=float, default=0.5,
                         help="a proxy pair is disturbed when other jobs use more cores than this")
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json")
+    parser.add_argument("--output", type=Path, default=RAW_RESULTS_PATH,
+                        help="the full raw results (default %(default)s, not in git)")
+    parser.add_argument("--summary", type=Path, default=SUMMARY_PATH,
+                        help="the committed summary: same key paths, no per-run records "
+                        "(default %(default)s)")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = parser.parse_args(argv)
 
@@ -202,14 +209,13 @@ def main(argv: list[str] | None = None) -> int:
                 "per request")
             results["hook"] = hook
 
-    from bench.report import finalize, record_history, write_docs
+    from bench.report import finalize, record_history, write_docs, write_results
 
     results["duration_s"] = round(time.perf_counter() - started, 1)
     finalize(results)
     log("[4/4] scaling arithmetic: " + str(results.get("scaling", {}).get("summary", "n/a")))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
-    log(f"wrote {args.output}")
+    write_results(results, args.output, args.summary)
+    log(f"wrote {args.output} and {args.summary}")
     if not args.no_docs and not args.quick and results.get("proxy") and results.get("settlement"):
         record_history(results)  # full default runs only, so the history compares like with like
     if not args.no_docs:

@@ -181,14 +181,14 @@ def _writer_process(url: str, path: str, batch_size: int, flush_ms: int,
 def writer_throughput(url: str, records: list[dict[str, Any]], *, writers: int,
                       batch_size: int = 500, flush_ms: int = 50) -> dict[str, Any]:
     """Settle ``records`` with ``writers`` Writer instances, each in its own process."""
-    from litellm_credits.ledger import _json_default
+    from litellm_credits.values import json_default
 
     chunks = [records[i::writers] for i in range(writers)]
     with tempfile.TemporaryDirectory(prefix="credits-bench-records-") as tmp:
         paths = []
         for i, chunk in enumerate(chunks):
             path = Path(tmp) / f"chunk{i}.json"
-            path.write_text(json.dumps(chunk, default=_json_default))
+            path.write_text(json.dumps(chunk, default=json_default))
             paths.append(str(path))
         start_at = time.time() + 2.5  # every process loaded and connected by then
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))

@@ -33,6 +33,8 @@ def main() -> int:
         print(f"applied {m.filename}")
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     env.setdefault("LITELLM_MASTER_KEY", "sk-local-master")
+    # The local run keeps its spool beside its database, under .run/, not in $HOME.
+    env.setdefault("CREDITS_SPOOL_DIR", str(Path(".run/spool").resolve()))
     standins = None
     if env.get("STANDINS", "1") == "1":
         standins = UpstreamProcess(PROVIDERS, 8101, record=False)

@@ -43,6 +43,7 @@ import copy
 import dataclasses
 import decimal
 import hashlib
+import hmac
 import html
 import json
 import re
@@ -58,7 +59,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from litellm_credits.billing.stripe import sign_payload
+
+def sign_payload(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+    """A valid ``Stripe-Signature`` header value for ``payload``: ``t=<ts>,v1=<hex>``
+    where ``v1`` is HMAC-SHA256 of ``b"<ts>." + payload`` keyed with ``secret``.
+
+    What Stripe sends; tests and demos sign their events with it. ``timestamp``
+    defaults to now.
+    """
+    ts = int(time.time()) if timestamp is None else int(timestamp)
+    mac = hmac.new(secret.encode("utf-8"), f"{ts}.".encode() + payload, hashlib.sha256)
+    return f"t={ts},v1={mac.hexdigest()}"
+
 
 __all__ = [
     "API_VERSION",
@@ -70,6 +82,7 @@ __all__ = [
     "parse_form",
     "refunded_event",
     "sign_event",
+    "sign_payload",
 ]
 
 HOST = "127.0.0.1"

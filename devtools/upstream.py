@@ -57,6 +57,8 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+from devtools import upstream_media
+
 __all__ = [
     "RecordedRequest",
     "RemoteUpstream",
@@ -283,6 +285,7 @@ class UpstreamServer:
         """Forget recorded requests and restore default settings."""
         self.requests.clear()
         self.settings = UpstreamSettings()
+        upstream_media.reset_media(self)
 
     # -- lifecycle (on the serving loop) ---------------------------------------------------
     async def start(self) -> None:
@@ -307,6 +310,7 @@ class UpstreamServer:
         if path.startswith(CONTROL_PREFIX):
             return await self._control(request)
         body: Any = None
+        raw = b""
         if request.body_exists:
             raw = await request.read()
             try:
@@ -324,6 +328,10 @@ class UpstreamServer:
         settings = self.settings  # one snapshot per request; tests may swap it mid-flight
         if settings.record:
             self.requests.append(record)
+        # Images, audio, rerank and special chat usages live in devtools/upstream_media.py.
+        handled = await upstream_media.dispatch(self, request, record, raw, settings)
+        if handled is not None:
+            return handled
 
         anthropic = path.endswith("/messages")
         responses_api = path.endswith("/responses")

@@ -33,18 +33,25 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from litellm_credits import errors
-from litellm_credits.ledger import Ledger, Reservation, check_user_id
+
+# The team namespace is a value rule (values.py); re-exported for the payer's callers.
+from litellm_credits.values import TEAM_PREFIX as TEAM_PREFIX
+from litellm_credits.values import check_person_id as check_person_id
+from litellm_credits.values import check_team_id as check_team_id
+from litellm_credits.values import team_account as team_account
+
+if TYPE_CHECKING:
+    from litellm_credits.ledger import Reservation
 
 ADMIN_ROLES = frozenset({"proxy_admin"})
 # LiteLLM's placeholder user id for the master key; it names nobody.
 PLACEHOLDER_USER_IDS = frozenset({"default_user_id", "litellm-proxy-master-key"})
-#: The reserved prefix of team accounts in the ledger.
-TEAM_PREFIX = "team:"
 #: The stored key or team metadata flag that lets a key bill named end users.
 BILL_END_USERS = "credits_bill_end_users"
 _HASHED = re.compile(r"[0-9a-f]{64}")
@@ -66,44 +73,9 @@ def _clean(value: Any) -> str | None:
     return None
 
 
-# --- validators ----------------------------------------------------------------------
-
-
-def check_person_id(value: Any, what: str = "user id") -> str:
-    """A user id that names a person: valid, and never in the team namespace."""
-    try:
-        user_id = check_user_id(value)
-    except errors.InvalidUserId as exc:
-        raise errors.InvalidUserId(f"{what} refused: {exc.message}") from None
-    if user_id.startswith(TEAM_PREFIX):
-        raise errors.InvalidUserId(
-            f"{what} refused: ids starting with {TEAM_PREFIX!r} are reserved for team accounts")
-    return user_id
-
-
-def check_team_id(value: Any) -> str:
-    """A LiteLLM team id, validated like a user id; its account id must fit in 255."""
-    if not isinstance(value, str) or not value:
-        raise errors.InvalidUserId("team id is empty")
-    limit = 255 - len(TEAM_PREFIX)
-    if len(value) > limit:
-        raise errors.InvalidUserId(f"team id is {len(value)} characters long; the limit is "
-                                   f"{limit}")
-    try:
-        check_user_id(value)
-    except errors.InvalidUserId as exc:
-        raise errors.InvalidUserId(
-            "team id refused: " + exc.message.replace("user id", "team id")) from None
-    return value
-
-
-def team_account(team_id: Any) -> str:
-    """The ledger account of a LiteLLM team: ``team:<team_id>``."""
-    return TEAM_PREFIX + check_team_id(team_id)
-
-
-def team_of_account(account: str) -> str | None:
-    return account[len(TEAM_PREFIX):] if account.startswith(TEAM_PREFIX) else None
+# --- stored flags and labels -----------------------------------------------------------
+# (check_person_id, check_team_id, team_account and TEAM_PREFIX live in values.py, beside
+# check_user_id; they are re-exported here.)
 
 
 def _stored_flag(metadata: Any, where: str) -> bool:
@@ -161,6 +133,26 @@ class Payer:
         return {"rule": rule, "member": self.member, "team_id": self.team_id,
                 "key_hash": self.key_hash, "key_alias": self.key_alias}
 
+    def to_metadata(self) -> dict[str, str | None]:
+        """The JSON form carried in the request context (context.RequestContext)."""
+        return {"account": self.account, "rule": self.rule, "fallback": self.fallback,
+                "member": self.member, "team_id": self.team_id, "key_hash": self.key_hash,
+                "key_alias": self.key_alias}
+
+    @classmethod
+    def from_metadata(cls, entry: Any) -> Payer | None:
+        """The payer in a context entry written by :meth:`to_metadata`; None if absent."""
+        if not isinstance(entry, Mapping):
+            return None
+
+        def opt(name: str) -> str | None:
+            value = entry.get(name)
+            return None if value is None else str(value)
+
+        return cls(str(entry["account"]), str(entry["rule"]), fallback=opt("fallback"),
+                   member=opt("member"), team_id=opt("team_id"), key_hash=opt("key_hash"),
+                   key_alias=opt("key_alias"))
+
 
 def payer(auth: Any, data: dict[str, Any]) -> str:
     """The account :func:`resolve` bills first."""
@@ -196,8 +188,15 @@ def resolve(auth: Any, data: dict[str, Any]) -> Payer:
     return Payer(own, "user", **who)
 
 
+class HoldingLedger(Protocol):
+    """The one ledger call :func:`reserve` makes (admission's ledger, or a fake)."""
+
+    async def reserve(self, user_id: str, request_id: str, base_amount: Decimal,
+                      level: str | None, ttl_seconds: int) -> Reservation: ...
+
+
 async def reserve(
-    ledger: Ledger, who: Payer, request_id: str, base: Decimal, requested: str | None,
+    ledger: HoldingLedger, who: Payer, request_id: str, base: Decimal, requested: str | None,
     ttl_seconds: int,
 ) -> tuple[str, Reservation]:
     """Hold on the payer's account; a team without a wallet falls back to its member.

@@ -2,8 +2,9 @@
 
 Every money movement goes through the SQL functions of 0002/0003, which lock
 the account and write one chained transaction (invariant I2). This module
-validates input before it reaches the database (so a NUL byte or a float
-never gets that far), runs the named queries, and returns typed results.
+checks input with :mod:`litellm_credits.values` before it reaches the
+database (so a NUL byte or a float never gets that far), runs the named
+queries, and returns typed results.
 Money is Decimal throughout (invariant I7).
 """
 
@@ -11,94 +12,32 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
 from litellm_credits import errors
 from litellm_credits.holds import HoldPlacer, HoldRequest
-from litellm_credits.settings import POWER_LEVELS
 from litellm_credits.store.db import Database, run
+from litellm_credits.values import (
+    MAX_DESCRIPTION_LENGTH,
+    MAX_ID_LENGTH,
+    check_level,
+    check_request_id,
+    check_text,
+    check_user_id,
+    json_default,
+    money,
+    parse_amount,
+    parse_signed_amount,
+)
 
-MAX_AMOUNT = Decimal("1000000000")
-CREDIT_PLACES = Decimal("0.00000001")
 ADD_TYPES = ("purchase", "bonus", "admin_adjustment")
 DEBIT_TYPES = ("usage", "refund", "admin_adjustment")
-
-
-def money(value: Decimal | None) -> str | None:
-    """Decimal as plain text (never exponent notation like 0E-8), for JSON and tables."""
-    return None if value is None else format(value, "f")
-
-
-def parse_amount(value: Any, *, allow_zero: bool = False) -> Decimal:
-    """An amount of credits from user input: exact, finite, positive, at most 8 places."""
-    if isinstance(value, bool) or isinstance(value, float):
-        raise errors.InvalidAmount(
-            f"amount {value!r} must be given as a string or integer so it stays exact"
-        )
-    try:
-        amount = value if isinstance(value, Decimal) else Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
-        raise errors.InvalidAmount(f"amount {str(value)[:40]!r} is not a number") from None
-    if not amount.is_finite():
-        raise errors.InvalidAmount(f"amount {amount} is not a finite number")
-    if amount > MAX_AMOUNT:
-        raise errors.InvalidAmount(f"amount {amount} is too large; the limit is {MAX_AMOUNT}")
-    if amount < 0 or (amount == 0 and not allow_zero):
-        raise errors.InvalidAmount(f"amount must be positive, got {amount}")
-    if amount != amount.quantize(CREDIT_PLACES):
-        raise errors.InvalidAmount(f"amount {amount} has more than 8 decimal places")
-    return amount
-
-
-# The same set as SQL's [[:cntrl:]]: C0, DEL and C1.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def _encodable(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def check_user_id(user_id: Any) -> str:
-    if not isinstance(user_id, str) or not user_id:
-        raise errors.InvalidUserId("user id is empty; pass the LiteLLM user id")
-    if len(user_id) > 255:
-        raise errors.InvalidUserId(f"user id is {len(user_id)} characters long; the limit is 255")
-    if _CONTROL.search(user_id):
-        raise errors.InvalidUserId("user id contains control characters")
-    if not _encodable(user_id):
-        raise errors.InvalidUserId("user id is not valid Unicode")
-    return user_id
-
-
-def check_level(level: Any) -> str:
-    if level not in POWER_LEVELS:
-        raise errors.InvalidPowerLevel(
-            f"unknown power level {str(level)[:40]!r}; use eco, balanced or precision"
-        )
-    return str(level)
-
-
-def check_text(what: str, value: str | None, limit: int) -> str | None:
-    if value is None:
-        return None
-    if "\x00" in value:
-        raise errors.InvalidInput(f"{what} contains a NUL byte")
-    if not _encodable(value):
-        raise errors.InvalidInput(f"{what} is not valid Unicode")
-    if len(value) > limit:
-        raise errors.InvalidInput(f"{what} is {len(value)} characters long; the limit is {limit}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -223,14 +162,14 @@ class Ledger:
                 "user_id": check_user_id(user_id),
                 "amount": parse_amount(amount),
                 "type": type,
-                "payment_id": check_text("payment id", payment_id, 255),
-                "description": check_text("description", description, 1000),
-                "created_by": check_text("created_by", created_by, 255),
+                "payment_id": check_text("payment id", payment_id, MAX_ID_LENGTH),
+                "description": check_text("description", description, MAX_DESCRIPTION_LENGTH),
+                "created_by": check_text("created_by", created_by, MAX_ID_LENGTH),
                 "metadata": _jsonb(metadata),
                 "package_id": package_id,
-                "charge_id": check_text("charge id", charge_id, 255),
+                "charge_id": check_text("charge id", charge_id, MAX_ID_LENGTH),
                 "amount_usd": amount_usd,
-                "stripe_event_id": check_text("event id", stripe_event_id, 255),
+                "stripe_event_id": check_text("event id", stripe_event_id, MAX_ID_LENGTH),
             },
         )
         result = _tx(row)
@@ -258,9 +197,9 @@ class Ledger:
                 "user_id": check_user_id(user_id),
                 "amount": parse_amount(amount),
                 "type": type,
-                "request_id": check_text("request id", request_id, 255),
-                "description": check_text("description", description, 1000),
-                "created_by": check_text("created_by", created_by, 255),
+                "request_id": check_text("request id", request_id, MAX_ID_LENGTH),
+                "description": check_text("description", description, MAX_DESCRIPTION_LENGTH),
+                "created_by": check_text("created_by", created_by, MAX_ID_LENGTH),
                 "metadata": _jsonb(metadata),
             },
         )
@@ -273,12 +212,7 @@ class Ledger:
         idempotency_key: str | None = None,
     ) -> TxResult:
         """An admin grant (positive) or correction (negative), written as admin_adjustment."""
-        if isinstance(amount, bool | float):
-            raise errors.InvalidAmount(
-                f"amount {amount!r} must be given as a string or integer so it stays exact")
-        text = str(amount).strip()
-        negative = text.startswith("-")
-        value = parse_amount(text[1:] if negative else text)
+        negative, value = parse_signed_amount(amount)
         if negative:
             return await self.debit(
                 user_id, value, type="admin_adjustment", request_id=idempotency_key,
@@ -301,10 +235,10 @@ class Ledger:
         row = await self.db.fetchone(
             "refund_purchase",
             {
-                "payment_intent_id": check_text("payment intent", payment_intent_id, 255),
+                "payment_intent_id": check_text("payment intent", payment_intent_id, MAX_ID_LENGTH),
                 "target_credits": parse_amount(target_credits, allow_zero=True),
-                "charge_id": check_text("charge id", charge_id, 255),
-                "stripe_event_id": check_text("event id", stripe_event_id, 255),
+                "charge_id": check_text("charge id", charge_id, MAX_ID_LENGTH),
+                "stripe_event_id": check_text("event id", stripe_event_id, MAX_ID_LENGTH),
                 "amount_usd": amount_usd,
             },
         )
@@ -362,7 +296,7 @@ class Ledger:
         # must be refused before it could fail the neighbours' JSON.
         request = HoldRequest(
             user_id=check_user_id(user_id),
-            request_id=_request_id(request_id),
+            request_id=check_request_id(request_id),
             base_amount=_hold_base(base_amount),
             level=None if level is None else check_level(level),
             ttl_seconds=ttl_seconds,
@@ -404,7 +338,7 @@ class Ledger:
         self, records: Sequence[dict[str, Any]], deadline: float | None = None
     ) -> list[dict[str, Any]]:
         """Settle a batch of usage records in one transaction (see settle_usage in SQL)."""
-        payload = json.dumps(list(records), default=_json_default)
+        payload = json.dumps(list(records), default=json_default)
 
         async def work() -> list[dict[str, Any]]:
             # One statement in autocommit is one transaction: no BEGIN/COMMIT trips.
@@ -441,14 +375,6 @@ class Ledger:
             raise errors.AccountNotFound(f"no credit account for user {user_id}")
 
 
-def _request_id(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise errors.InvalidInput("request id is empty")
-    checked = check_text("request id", value, 255)
-    assert checked is not None
-    return checked
-
-
 def _hold_base(value: Any) -> Decimal:
     if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
         raise errors.InvalidAmount(f"hold amount must be a finite, non-negative Decimal, "
@@ -459,10 +385,3 @@ def _hold_base(value: Any) -> Decimal:
 def _b64(text: str) -> bytes:
     return base64.b64decode(text)
 
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot encode {type(value).__name__} in a settlement record")

@@ -22,8 +22,8 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from litellm_credits.settings import ModelPrice
+from litellm_credits.values import CREDIT_PLACES
 
-CREDIT_PLACES = Decimal("0.00000001")
 USD_PLACES = Decimal("0.0000000001")
 
 

@@ -27,8 +27,8 @@ from decimal import Decimal
 from typing import Any
 
 from litellm_credits import errors
-from litellm_credits.ledger import check_user_id, money
 from litellm_credits.store.db import Database, Row, run
+from litellm_credits.values import check_user_id, money
 
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 1000

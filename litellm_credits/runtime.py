@@ -9,6 +9,12 @@ catalog from LiteLLM's router. The hot path only
 reads these snapshots; it never waits on a refresh. All shared state stays in
 PostgreSQL, so a change made there reaches every replica within
 ``config_cache_seconds``.
+
+Observers (metrics, alerts) subscribe here, with :meth:`Runtime.subscribe`, and
+nowhere else: the runtime is the one subscriber of the writer's settled batches
+and of the ledger's money movements, and fans each event out to every
+:class:`RuntimeObserver`. One observer failing never stops the others, nor
+settlement.
 """
 
 from __future__ import annotations
@@ -17,16 +23,17 @@ import asyncio
 import atexit
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from litellm_credits import errors, routing
 from litellm_credits.latency import LatencyWindow
 from litellm_credits.ledger import Ledger
 from litellm_credits.pricing import Price, exact, price_for
 from litellm_credits.settings import Settings, require_database_url
+from litellm_credits.settlement.record import SettlementRecord
 from litellm_credits.settlement.spool import Spool
 from litellm_credits.settlement.writer import Writer
 from litellm_credits.store.db import Database
@@ -34,6 +41,28 @@ from litellm_credits.store.db import Database
 log = logging.getLogger("litellm_credits.runtime")
 
 ModelListSource = Callable[[], Iterable[Mapping[str, Any]]]
+ObserverT = TypeVar("ObserverT", bound="RuntimeObserver")
+
+
+class RuntimeObserver:
+    """Something that follows what the runtime writes; override the events you need.
+
+    Called synchronously from the writer, the refresher and the sweeper, so an
+    observer only notes and counts; anything slow goes to its own task.
+    """
+
+    def on_batch(self, batch: Sequence[SettlementRecord],
+                 results: Sequence[Mapping[str, Any]], elapsed: float) -> None:
+        """A batch was settled: the records, ``settle_usage``'s rows, and the seconds taken."""
+
+    def on_refresh(self, runtime: Runtime) -> None:
+        """The configuration snapshot was refreshed (every ``config_cache_seconds``)."""
+
+    def on_sweep(self, expired: int) -> None:
+        """The sweeper released ``expired`` holds that outlived their TTL."""
+
+    def on_ledger_event(self, event: str, fields: dict[str, Any]) -> None:
+        """The ledger moved money (added, debited, refunded, released)."""
 
 
 @dataclass
@@ -111,7 +140,9 @@ class Runtime:
             timeout=settings.pool_timeout_seconds,
             statement_timeout_ms=settings.statement_timeout_ms,
         )
+        self.observers: list[RuntimeObserver] = []
         self.ledger = Ledger(self.db, reserve_batch=settings.reserve_batch_max)
+        self.ledger.observers.append(self._ledger_event)
         self.latency = LatencyWindow(settings.latency_window_seconds)
         self.spool = Spool(settings.spool_dir)
         self.writer = Writer(
@@ -120,6 +151,7 @@ class Runtime:
             batch_size=settings.writer_batch_size,
             flush_seconds=settings.writer_flush_ms / 1000,
             settle_timeout=settings.writer_settle_timeout_ms / 1000,
+            on_batch=self._batch_settled,
         )
         atexit.register(self.writer.spool_pending)
         self.snapshot = Snapshot(credits_per_usd=settings.credits_per_usd)
@@ -128,8 +160,38 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._start_lock = asyncio.Lock()
-        self.on_refresh: list[Callable[[Runtime], None]] = []
-        self.on_sweep: list[Callable[[int], None]] = []
+
+    # -- observers -----------------------------------------------------------------
+
+    def subscribe(self, observer: ObserverT) -> ObserverT:
+        """Add ``observer`` (once) to everything this runtime reports."""
+        if not any(o is observer for o in self.observers):
+            self.observers.append(observer)
+        return observer
+
+    def observer(self, kind: type[ObserverT]) -> ObserverT | None:
+        """The subscribed observer of this type, if any (so installing twice is harmless)."""
+        for observer in self.observers:
+            if isinstance(observer, kind):
+                return observer
+        return None
+
+    def _fan_out(self, event: str, call: Callable[[RuntimeObserver], None]) -> None:
+        for observer in list(self.observers):
+            try:
+                call(observer)
+            except Exception:  # noqa: BLE001 - one observer must not break the others or the writer
+                log.exception("%s observer %s failed", event, type(observer).__name__)
+
+    def _batch_settled(self, batch: Sequence[SettlementRecord],
+                       results: Sequence[Mapping[str, Any]], elapsed: float) -> None:
+        self._fan_out("batch", lambda o: o.on_batch(batch, results, elapsed))
+
+    def _swept(self, expired: int) -> None:
+        self._fan_out("sweep", lambda o: o.on_sweep(expired))
+
+    def _ledger_event(self, event: str, fields: dict[str, Any]) -> None:
+        self._fan_out("ledger", lambda o: o.on_ledger_event(event, fields))
 
     async def ensure_started(self) -> None:
         if self._started:
@@ -194,8 +256,7 @@ class Runtime:
             catalog=build_catalog(self._model_list(), self.settings, self._cost_map()),
             loaded_at=time.monotonic(),
         )
-        for callback in self.on_refresh:
-            callback(self)
+        self._fan_out("refresh", lambda o: o.on_refresh(self))
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -212,8 +273,7 @@ class Runtime:
                 expired = await self.ledger.sweep_expired_holds()
                 if expired:
                     log.warning("released %d expired holds (a proxy died mid-request?)", expired)
-                    for callback in self.on_sweep:
-                        callback(expired)
+                    self._swept(expired)
             except errors.CreditsError as exc:
                 log.info("hold sweep skipped: %s", exc.message)
 
@@ -235,16 +295,20 @@ class Runtime:
 
 
 _runtime: Runtime | None = None
-# Called with the process's runtime when it is created (metrics, alerts), so
-# that every surface using it (hook, API) is observed from the first write.
-_on_create: list[Callable[[Runtime], None]] = []
+# Set by the composition root (litellm_credits.plugin): subscribes the
+# observers to the process's runtime when it is created, so that every surface
+# using it (hook, API, metrics endpoint) is observed from the first write.
+_wiring: Callable[[Runtime], None] | None = None
 
 
-def on_create(callback: Callable[[Runtime], None]) -> None:
-    if callback not in _on_create:
-        _on_create.append(callback)
-        if _runtime is not None:
-            callback(_runtime)
+def set_wiring(wire: Callable[[Runtime], None]) -> None:
+    """Have ``wire`` called on the process's runtime (now, if it already exists)."""
+    global _wiring
+    if _wiring is wire:
+        return
+    _wiring = wire
+    if _runtime is not None:
+        wire(_runtime)
 
 
 def get_runtime(settings_factory: Callable[[], Settings] | None = None) -> Runtime:
@@ -254,6 +318,6 @@ def get_runtime(settings_factory: Callable[[], Settings] | None = None) -> Runti
         from litellm_credits import settings as settings_module
 
         _runtime = Runtime((settings_factory or settings_module.load)())
-        for callback in _on_create:
-            callback(_runtime)
+        if _wiring is not None:
+            _wiring(_runtime)
     return _runtime

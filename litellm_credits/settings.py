@@ -3,9 +3,23 @@
 Environment:
     CREDITS_DATABASE_URL   the credits database (falls back to DATABASE_URL)
     CREDITS_CONFIG         path to a YAML file shaped like config/credits.example.yaml
+    CREDITS_SPOOL_DIR      the settlement spool folder; overrides ``spool_dir``
     CREDITS_ENCRYPTION_KEYS  BYOK master keys (see litellm_credits.byok.vault)
     CREDITS_STRIPE_API_KEY, CREDITS_STRIPE_WEBHOOK_SECRET, CREDITS_ALERT_WEBHOOK_SECRET
                            secrets are read from the environment only, never YAML
+    CREDITS_STRIPE_API_BASE  a local Stripe stand-in, when ``stripe.api_base`` is unset
+
+Every default is written once, as the field default of :class:`Settings`; the
+YAML schema (:data:`_SCHEMA`) only says which key fills which field and how it
+is checked. A key the schema does not know is refused, naming the key and the
+closest known one, so a typo never silently leaves a default in place.
+
+The spool must survive restarts wherever the proxy was started, so its
+default is absolute: ``$XDG_STATE_HOME/litellm-credits/spool`` (by default
+``~/.local/state/litellm-credits/spool``), or ``/var/lib/litellm-credits/spool``
+for a process without a home folder. A relative ``spool_dir`` in the YAML file
+is taken relative to that file's folder; ``CREDITS_SPOOL_DIR`` relative to the
+current folder when the settings are loaded. Either way the result is absolute.
 
 Money values are parsed to Decimal from their text, never through float.
 Settings that must change on every replica within seconds (``credits_per_usd``)
@@ -14,37 +28,39 @@ also live in the ``credit_settings`` table, which overrides the file.
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from litellm_credits.errors import ConfigError, InvalidInput
-
-POWER_LEVELS = ("eco", "balanced", "precision")
+from litellm_credits.values import to_decimal
 
 # The seed's provider names, mapped to LiteLLM's. The one place aliases live.
 DEFAULT_PROVIDER_ALIASES: dict[str, str] = {"together": "together_ai"}
 
-
-def to_decimal(value: Any, what: str) -> Decimal:
-    """Parse a money-like value exactly. Floats are refused: they are already inexact."""
-    if isinstance(value, bool) or isinstance(value, float):
-        raise ConfigError(f"{what} must be written as a string or integer, not {value!r}")
-    try:
-        result = Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
-        raise ConfigError(f"{what} is not a number: {value!r}") from None
-    if not result.is_finite():
-        raise ConfigError(f"{what} must be finite, got {value!r}")
-    return result
+#: Where the spool goes for a process without a home folder (a system service).
+SYSTEM_SPOOL_DIR = Path("/var/lib/litellm-credits/spool")
 
 
-@dataclass(frozen=True)
+def default_spool_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The absolute spool folder used when neither CREDITS_SPOOL_DIR nor spool_dir is set."""
+    env = os.environ if env is None else env
+    state = env.get("XDG_STATE_HOME")
+    if state and Path(state).is_absolute():
+        return Path(state) / "litellm-credits" / "spool"
+    home = env.get("HOME")
+    if home and Path(home).is_absolute():
+        return Path(home) / ".local" / "state" / "litellm-credits" / "spool"
+    return SYSTEM_SPOOL_DIR
+
+
+@dataclass(frozen=True, slots=True)
 class ModelPrice:
     """USD per token for a model LiteLLM cannot price itself."""
 
@@ -52,13 +68,18 @@ class ModelPrice:
     output_per_token: Decimal
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tier:
     monthly_quota: Decimal | None = None
     low_balance_threshold: Decimal | None = None
 
 
-@dataclass(frozen=True)
+def default_tiers() -> dict[str, Tier]:
+    """Without a ``tiers`` section every account is on ``free``, with no quota."""
+    return {"free": Tier()}
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None = None
     credits_per_usd: Decimal = Decimal("10")
@@ -68,7 +89,7 @@ class Settings:
     fail_mode: str = "closed"
     fail_open_limit_credits: Decimal = Decimal("1")
     model_prices: dict[str, ModelPrice] = field(default_factory=dict)
-    tiers: dict[str, Tier] = field(default_factory=lambda: {"free": Tier()})
+    tiers: dict[str, Tier] = field(default_factory=default_tiers)
     provider_aliases: dict[str, str] = field(
         default_factory=lambda: dict(DEFAULT_PROVIDER_ALIASES)
     )
@@ -83,7 +104,7 @@ class Settings:
     writer_batch_size: int = 500
     writer_flush_ms: int = 50
     writer_settle_timeout_ms: int = 500
-    spool_dir: Path = Path(".run/spool")
+    spool_dir: Path = field(default_factory=default_spool_dir)
     alert_webhook_url: str | None = None
     alert_webhook_secret: str | None = None
     stripe_api_key: str | None = None
@@ -105,118 +126,262 @@ class Settings:
             raise InvalidInput(f"unknown tier {name!r}; configured tiers: {known}") from None
 
 
-def _int(raw: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{key} must be an integer between {low} and {high}, got {value!r}")
-    return value
+# --- checking one YAML value ----------------------------------------------------------
+
+# A parser turns the YAML value at a dotted key into the field's value, or
+# raises ConfigError naming the key. ``base`` is the YAML file's folder.
+Parser = Callable[[Any, str, Path], Any]
 
 
-def _dec(raw: Mapping[str, Any], key: str, default: Decimal, low: Decimal) -> Decimal:
-    value = to_decimal(raw.get(key, default), key)
-    if value < low:
-        raise ConfigError(f"{key} must be at least {low}, got {value}")
-    return value
+# Keys someone may reasonably try in the file that are read from the environment only.
+_ENVIRONMENT_ONLY = {
+    "database_url": "CREDITS_DATABASE_URL",
+    "stripe.api_key": "CREDITS_STRIPE_API_KEY",
+    "stripe.webhook_secret": "CREDITS_STRIPE_WEBHOOK_SECRET",
+    "alerts.webhook_secret": "CREDITS_ALERT_WEBHOOK_SECRET",
+    "encryption_keys": "CREDITS_ENCRYPTION_KEYS",
+}
 
 
-def _prices(raw: Any) -> dict[str, ModelPrice]:
-    if raw is None:
+def refuse_unknown(raw: Mapping[Any, Any], known: Mapping[str, Any] | tuple[str, ...],
+                   prefix: str = "") -> None:
+    """ConfigError for the first key of ``raw`` not in ``known``, with the closest match."""
+    names = list(known)
+    for key in raw:
+        if key not in names:
+            dotted = f"{prefix}{key}"
+            if dotted in _ENVIRONMENT_ONLY:
+                raise ConfigError(
+                    f"{dotted!r} is read from the environment only "
+                    f"({_ENVIRONMENT_ONLY[dotted]}), never from CREDITS_CONFIG"
+                )
+            hint = difflib.get_close_matches(str(key), names, n=1)
+            suggestion = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""
+            raise ConfigError(
+                f"unknown setting {dotted!r}{suggestion} "
+                f"(known {'in ' + prefix.rstrip('.') if prefix else 'at the top'}: "
+                f"{', '.join(names)})"
+            )
+
+
+def _int(low: int, high: int) -> Parser:
+    def parse(value: Any, key: str, base: Path) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{key} must be an integer between {low} and {high}, got {value!r}")
+        return value
+    return parse
+
+
+def _seconds(low: int, high: int) -> Parser:
+    """Whole seconds in the file, a float in Settings (it is compared with monotonic time)."""
+    whole = _int(low, high)
+
+    def parse(value: Any, key: str, base: Path) -> float:
+        return float(whole(value, key, base))
+    return parse
+
+
+def _dec(low: Decimal, high: Decimal | None = None, *, positive: bool = False) -> Parser:
+    def parse(value: Any, key: str, base: Path) -> Decimal:
+        result = to_decimal(value, key)
+        if result < low:
+            raise ConfigError(f"{key} must be at least {low}, got {result}")
+        if high is not None and result > high:
+            raise ConfigError(f"{key} must be at most {high}, got {result}")
+        if positive and result == 0:
+            raise ConfigError(f"{key} must be positive")
+        return result
+    return parse
+
+
+def _dec_seconds(low: Decimal) -> Parser:
+    exact = _dec(low)
+
+    def parse(value: Any, key: str, base: Path) -> float:
+        return float(exact(value, key, base))
+    return parse
+
+
+def _choice(*options: str) -> Parser:
+    def parse(value: Any, key: str, base: Path) -> str:
+        text = str(value)
+        if text not in options:
+            shown = " or ".join(repr(o) for o in options)
+            raise ConfigError(f"{key} must be {shown}, got {text!r}")
+        return text
+    return parse
+
+
+def _text(value: Any, key: str, base: Path) -> str:
+    if value is None or isinstance(value, dict | list):
+        raise ConfigError(f"{key} must be text, got {value!r}")
+    return str(value)
+
+
+def _optional_text(value: Any, key: str, base: Path) -> str | None:
+    return None if value is None else _text(value, key, base)
+
+
+def _flag(value: Any, key: str, base: Path) -> bool:
+    return bool(value)
+
+
+def _path(value: Any, key: str, base: Path) -> Path:
+    path = Path(_text(value, key, base)).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _mapping(value: Any, key: str) -> dict[Any, Any]:
+    if value is None:
         return {}
-    if not isinstance(raw, dict):
-        raise ConfigError("model_prices must be a mapping of model name to prices")
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a mapping")
+    return value
+
+
+_PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token")
+
+
+def _prices(value: Any, key: str, base: Path) -> dict[str, ModelPrice]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a mapping of model name to prices")
     prices: dict[str, ModelPrice] = {}
-    for model, entry in raw.items():
+    for model, entry in value.items():
         if not isinstance(entry, dict):
-            raise ConfigError(f"model_prices.{model} must be a mapping")
-        inp = to_decimal(entry.get("input_cost_per_token"), f"model_prices.{model}.input")
-        out = to_decimal(entry.get("output_cost_per_token"), f"model_prices.{model}.output")
+            raise ConfigError(f"{key}.{model} must be a mapping")
+        refuse_unknown(entry, _PRICE_KEYS, f"{key}.{model}.")
+        inp = to_decimal(entry.get("input_cost_per_token"), f"{key}.{model}.input")
+        out = to_decimal(entry.get("output_cost_per_token"), f"{key}.{model}.output")
         if inp < 0 or out < 0:
-            raise ConfigError(f"model_prices.{model}: prices cannot be negative")
+            raise ConfigError(f"{key}.{model}: prices cannot be negative")
         prices[str(model)] = ModelPrice(inp, out)
     return prices
 
 
-def _tiers(raw: Any) -> dict[str, Tier]:
-    if raw is None:
-        return {"free": Tier()}
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError("tiers must be a non-empty mapping of tier name to settings")
+_TIER_KEYS = ("monthly_quota", "low_balance_threshold")
+
+
+def _tiers(value: Any, key: str, base: Path) -> dict[str, Tier]:
+    if value is None:
+        return default_tiers()
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{key} must be a non-empty mapping of tier name to settings")
     tiers: dict[str, Tier] = {}
-    for name, entry in raw.items():
-        entry = entry or {}
+    for name, entry in value.items():
+        entry = _mapping(entry, f"{key}.{name}")
+        refuse_unknown(entry, _TIER_KEYS, f"{key}.{name}.")
         quota = entry.get("monthly_quota")
         threshold = entry.get("low_balance_threshold")
         tiers[str(name)] = Tier(
-            monthly_quota=None if quota is None else to_decimal(quota, f"tiers.{name}.quota"),
+            monthly_quota=None if quota is None else to_decimal(quota, f"{key}.{name}.quota"),
             low_balance_threshold=None
             if threshold is None
-            else to_decimal(threshold, f"tiers.{name}.low_balance_threshold"),
+            else to_decimal(threshold, f"{key}.{name}.low_balance_threshold"),
         )
     return tiers
+
+
+def _aliases(value: Any, key: str, base: Path) -> dict[str, str]:
+    # The file adds to (or overrides) the built-in aliases; it never removes one.
+    aliases = dict(DEFAULT_PROVIDER_ALIASES)
+    aliases.update({str(k): str(v) for k, v in _mapping(value, key).items()})
+    return aliases
+
+
+# --- the file's shape -------------------------------------------------------------------
+
+# YAML key -> (Settings field, parser); a nested mapping is a section of the file.
+Schema = Mapping[str, "tuple[str, Parser] | Schema"]
+
+_SCHEMA: Schema = {
+    "credits_per_usd": ("credits_per_usd", _dec(Decimal(0), positive=True)),
+    "byok_fee_percent": ("byok_fee_percent", _dec(Decimal(0), Decimal(100))),
+    "hold_ttl_seconds": ("hold_ttl_seconds", _int(10, 86400)),
+    "default_max_tokens": ("default_max_tokens", _int(1, 10_000_000)),
+    "fail_mode": ("fail_mode", _choice("closed", "open")),
+    "fail_open_limit_credits": ("fail_open_limit_credits", _dec(Decimal(0))),
+    "model_prices": ("model_prices", _prices),
+    "tiers": ("tiers", _tiers),
+    "provider_aliases": ("provider_aliases", _aliases),
+    "default_quality_score": ("default_quality_score", _dec(Decimal(0))),
+    "latency_window_seconds": ("latency_window_seconds", _int(10, 86400)),
+    "config_cache_seconds": ("config_cache_seconds", _seconds(0, 300)),
+    "reserve_batch_max": ("reserve_batch_max", _int(1, 1000)),
+    "spool_dir": ("spool_dir", _path),
+    "mount_api": ("mount_api", _flag),
+    "pool": {
+        "min_size": ("pool_min_size", _int(0, 1000)),
+        "max_size": ("pool_max_size", _int(1, 1000)),
+        "timeout_seconds": ("pool_timeout_seconds", _dec_seconds(Decimal("0.1"))),
+        "statement_timeout_ms": ("statement_timeout_ms", _int(100, 600_000)),
+    },
+    "writer": {
+        "batch_size": ("writer_batch_size", _int(1, 10_000)),
+        "flush_ms": ("writer_flush_ms", _int(1, 60_000)),
+        "settle_timeout_ms": ("writer_settle_timeout_ms", _int(50, 600_000)),
+    },
+    "alerts": {
+        "webhook_url": ("alert_webhook_url", _optional_text),
+    },
+    "stripe": {
+        "api_base": ("stripe_api_base", _optional_text),
+        "success_url": ("stripe_success_url", _text),
+        "cancel_url": ("stripe_cancel_url", _text),
+    },
+}
+
+
+def _apply(raw: Mapping[Any, Any], schema: Schema, base: Path, prefix: str,
+           out: dict[str, Any]) -> None:
+    refuse_unknown(raw, schema, prefix)
+    for key, value in raw.items():
+        entry = schema[key]
+        if isinstance(entry, tuple):
+            attr, parse = entry
+            out[attr] = parse(value, f"{prefix}{key}", base)
+        else:
+            _apply(_mapping(value, f"{prefix}{key}"), entry, base, f"{prefix}{key}.", out)
+
+
+def _read(path: str) -> dict[Any, Any]:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read CREDITS_CONFIG file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"CREDITS_CONFIG file {path} is not valid YAML: {exc}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"CREDITS_CONFIG file {path} must hold a mapping")
+    return loaded or {}
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from the environment and the YAML file it names."""
     env = os.environ if env is None else env
-    raw: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     path = env.get("CREDITS_CONFIG")
     if path:
         try:
-            loaded = yaml.safe_load(Path(path).read_text("utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read CREDITS_CONFIG file {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"CREDITS_CONFIG file {path} is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"CREDITS_CONFIG file {path} must hold a mapping")
-        raw = loaded or {}
-    fail_mode = str(raw.get("fail_mode", "closed"))
-    if fail_mode not in ("closed", "open"):
-        raise ConfigError(f"fail_mode must be 'closed' or 'open', got {fail_mode!r}")
-    aliases = dict(DEFAULT_PROVIDER_ALIASES)
-    aliases.update({str(k): str(v) for k, v in (raw.get("provider_aliases") or {}).items()})
-    pool = raw.get("pool") or {}
-    writer = raw.get("writer") or {}
-    stripe = raw.get("stripe") or {}
-    alerts = raw.get("alerts") or {}
-    fee = _dec(raw, "byok_fee_percent", Decimal("0"), Decimal("0"))
-    if fee > 100:
-        raise ConfigError(f"byok_fee_percent must be at most 100, got {fee}")
-    credits_per_usd = _dec(raw, "credits_per_usd", Decimal("10"), Decimal("0"))
-    if credits_per_usd == 0:
-        raise ConfigError("credits_per_usd must be positive")
-    return Settings(
-        database_url=env.get("CREDITS_DATABASE_URL") or env.get("DATABASE_URL") or None,
-        credits_per_usd=credits_per_usd,
-        byok_fee_percent=fee,
-        hold_ttl_seconds=_int(raw, "hold_ttl_seconds", 900, 10, 86400),
-        default_max_tokens=_int(raw, "default_max_tokens", 4096, 1, 10_000_000),
-        fail_mode=fail_mode,
-        fail_open_limit_credits=_dec(raw, "fail_open_limit_credits", Decimal("1"), Decimal("0")),
-        model_prices=_prices(raw.get("model_prices")),
-        tiers=_tiers(raw.get("tiers")),
-        provider_aliases=aliases,
-        default_quality_score=_dec(raw, "default_quality_score", Decimal("1"), Decimal("0")),
-        latency_window_seconds=_int(raw, "latency_window_seconds", 300, 10, 86400),
-        config_cache_seconds=float(_int(raw, "config_cache_seconds", 5, 0, 300)),
-        pool_min_size=_int(pool, "min_size", 2, 0, 1000),
-        pool_max_size=_int(pool, "max_size", 10, 1, 1000),
-        pool_timeout_seconds=float(_dec(pool, "timeout_seconds", Decimal("3"), Decimal("0.1"))),
-        statement_timeout_ms=_int(pool, "statement_timeout_ms", 3000, 100, 600_000),
-        reserve_batch_max=_int(raw, "reserve_batch_max", 64, 1, 1000),
-        writer_batch_size=_int(writer, "batch_size", 500, 1, 10_000),
-        writer_flush_ms=_int(writer, "flush_ms", 50, 1, 60_000),
-        writer_settle_timeout_ms=_int(writer, "settle_timeout_ms", 500, 50, 600_000),
-        spool_dir=Path(str(env.get("CREDITS_SPOOL_DIR") or raw.get("spool_dir") or ".run/spool")),
-        alert_webhook_url=alerts.get("webhook_url"),
-        alert_webhook_secret=env.get("CREDITS_ALERT_WEBHOOK_SECRET"),
-        stripe_api_key=env.get("CREDITS_STRIPE_API_KEY"),
-        stripe_webhook_secret=env.get("CREDITS_STRIPE_WEBHOOK_SECRET"),
-        stripe_api_base=stripe.get("api_base") or env.get("CREDITS_STRIPE_API_BASE"),
-        stripe_success_url=str(stripe.get("success_url", Settings.stripe_success_url)),
-        stripe_cancel_url=str(stripe.get("cancel_url", Settings.stripe_cancel_url)),
-        mount_api=bool(raw.get("mount_api", True)),
-    )
+            _apply(_read(path), _SCHEMA, Path(path).absolute().parent, "", values)
+        except ConfigError as exc:
+            if path in exc.message:
+                raise
+            raise ConfigError(f"CREDITS_CONFIG file {path}: {exc.message}") from None
+    # The environment wins over the file, except for stripe.api_base, whose
+    # variable only stands in for a file that names none.
+    values["database_url"] = env.get("CREDITS_DATABASE_URL") or env.get("DATABASE_URL") or None
+    if env.get("CREDITS_SPOOL_DIR"):
+        values["spool_dir"] = Path(env["CREDITS_SPOOL_DIR"]).expanduser().absolute()
+    elif "spool_dir" not in values:
+        values["spool_dir"] = default_spool_dir(env)
+    if not values.get("stripe_api_base"):
+        values["stripe_api_base"] = env.get("CREDITS_STRIPE_API_BASE") or None
+    values["alert_webhook_secret"] = env.get("CREDITS_ALERT_WEBHOOK_SECRET")
+    values["stripe_api_key"] = env.get("CREDITS_STRIPE_API_KEY")
+    values["stripe_webhook_secret"] = env.get("CREDITS_STRIPE_WEBHOOK_SECRET")
+    return Settings(**values)
 
 
 def require_database_url(settings: Settings) -> str:

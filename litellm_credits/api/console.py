@@ -15,33 +15,37 @@ Routes added here (proxy admins only; ``proxy_admin_viewer`` may read):
 * ``GET /credits/admin/failed-webhooks`` - low-balance alert webhooks that failed.
 
 Changes (grant or take back with a reason, level, tier) use the existing admin routes of
-:mod:`.app`, so there is one code path for each change.
+:mod:`.admin`, so there is one code path for each change.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Path, Query
+from fastapi import FastAPI, Path, Query
+from litellm.proxy._types import UserAPIKeyAuth
 
 from litellm_credits import errors
 from litellm_credits.api import ui
-from litellm_credits.api.app import Auth, CreditsRoute, _runtime, is_admin, jsonable
-from litellm_credits.identity import role_of
-from litellm_credits.ledger import check_user_id
+from litellm_credits.api.auth import Auth, can_read_all
+from litellm_credits.api.bodies import jsonable
+from litellm_credits.api.route import new_router
+from litellm_credits.api.services import current
+from litellm_credits.values import check_user_id
 
 __all__ = ["CONSOLE_PATH", "mount", "router"]
 
 CONSOLE_PATH = "/credits/ui/console"
 _MOUNTED = "litellm_credits_console_mounted"
-router = APIRouter(prefix="/credits/admin", tags=["credits"], route_class=CreditsRoute)
+_PREFIX = "/credits/admin"
+router = new_router()
 
 AccountPath = Annotated[str, Path(min_length=1, max_length=255)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
 
-def _require_reader(auth: Any) -> None:
-    if not (is_admin(auth) or role_of(auth) == "proxy_admin_viewer"):
+def _require_reader(auth: UserAPIKeyAuth) -> None:
+    if not can_read_all(auth):
         raise errors.Forbidden("the admin console needs a proxy admin key")
 
 
@@ -54,7 +58,7 @@ async def find_accounts(
     _require_reader(auth)
     if "\x00" in q:
         raise errors.InvalidInput("q contains a NUL byte")
-    runtime = await _runtime()
+    runtime = (await current()).runtime
     rows = await runtime.db.fetchall("console_accounts", {"q": q, "limit": limit})
     return {"q": q, "accounts": [jsonable(r) for r in rows]}
 
@@ -63,7 +67,7 @@ async def find_accounts(
 async def account_detail(user_id: AccountPath, auth: Auth) -> dict[str, Any]:
     _require_reader(auth)
     who = check_user_id(user_id)
-    runtime = await _runtime()
+    runtime = (await current()).runtime
     account = (await runtime.ledger.account(who)).to_dict()
     holds = await runtime.db.fetchall("console_holds", {"user_id": who})
     ledger = await runtime.ledger.transactions(who, limit=20, offset=0, since=None,
@@ -76,7 +80,7 @@ async def account_detail(user_id: AccountPath, auth: Auth) -> dict[str, Any]:
 @router.get("/refunds", summary="Admin: recent Stripe refunds")
 async def refunds(auth: Auth, limit: Limit = 50) -> dict[str, Any]:
     _require_reader(auth)
-    runtime = await _runtime()
+    runtime = (await current()).runtime
     rows = await runtime.db.fetchall("console_refunds", {"limit": limit})
     return {"refunds": [jsonable(r) for r in rows]}
 
@@ -84,7 +88,7 @@ async def refunds(auth: Auth, limit: Limit = 50) -> dict[str, Any]:
 @router.get("/failed-webhooks", summary="Admin: alert webhooks that failed")
 async def failed_webhooks(auth: Auth, limit: Limit = 50) -> dict[str, Any]:
     _require_reader(auth)
-    runtime = await _runtime()
+    runtime = (await current()).runtime
     rows = await runtime.db.fetchall("console_failed_webhooks", {"limit": limit})
     return {"failed_webhooks": [jsonable(r) for r in rows]}
 
@@ -99,7 +103,7 @@ def mount(app: FastAPI) -> None:
         current = ui.page("static/console.html")
         return HTMLResponse(current.html, headers=current.headers)
 
-    app.include_router(router)
+    app.include_router(router, prefix=_PREFIX, tags=["credits"])
     app.add_api_route(CONSOLE_PATH, console_ui, methods=["GET"], include_in_schema=False,
                       response_class=HTMLResponse, response_model=None)
     setattr(app.state, _MOUNTED, True)

@@ -18,41 +18,33 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Path, Query
+from fastapi import FastAPI, Path, Query
+from litellm.proxy._types import UserAPIKeyAuth
 
 from litellm_credits import errors
-from litellm_credits.api.app import (
-    Auth,
-    CreditsRoute,
-    PowerLevelBody,
-    PurchaseBody,
-    _runtime,
-    identity,
-    is_admin,
-    jsonable,
-    start_checkout,
-)
-from litellm_credits.identity import (
-    PLACEHOLDER_USER_IDS,
-    check_team_id,
-    role_of,
-    team_account,
-)
+from litellm_credits.api.auth import Auth, can_read_all, identity, is_admin
+from litellm_credits.api.bodies import PowerLevelBody, PurchaseBody, jsonable
+from litellm_credits.api.route import new_router
+from litellm_credits.api.services import current
+from litellm_credits.identity import PLACEHOLDER_USER_IDS
+from litellm_credits.values import check_team_id, team_account
 
 __all__ = ["mount", "router", "team_access"]
 
-router = APIRouter(prefix="/credits/teams", tags=["credits"], route_class=CreditsRoute)
+router = new_router()
 _MOUNTED = "litellm_credits_teams_mounted"
-_VIEWER = "proxy_admin_viewer"
+_PREFIX = "/credits/teams"
 
 TeamPath = Annotated[str, Path(min_length=1, max_length=250, description="LiteLLM team id")]
 
 
 def mount(app: FastAPI) -> None:
-    """Serve :data:`router` on the proxy's app (under the ``/credits/*`` self-managed routes)."""
+    """Serve :data:`router` on the proxy's app, under ``/credits/teams`` (inside the
+    ``/credits/*`` self-managed routes that api/app.py registers). Mounting twice does
+    nothing."""
     if getattr(app.state, _MOUNTED, False):
         return
-    app.include_router(router)
+    app.include_router(router, prefix=_PREFIX, tags=["credits"])
     setattr(app.state, _MOUNTED, True)
     app.openapi_schema = None
 
@@ -83,11 +75,11 @@ async def _team_roles(team_id: str) -> dict[str, str] | None:
     return roles
 
 
-async def team_access(auth: Any, team_id: str, *, manage: bool) -> str:
+async def team_access(auth: UserAPIKeyAuth, team_id: str, *, manage: bool) -> str:
     """The team's account if ``auth`` may read (or ``manage``) it; else a 403/404."""
     team_id = check_team_id(team_id)
     account = team_account(team_id)
-    if is_admin(auth) or (not manage and role_of(auth) == _VIEWER):
+    if is_admin(auth) or (not manage and can_read_all(auth)):
         return account
     if not manage and getattr(auth, "team_id", None) == team_id:
         return account  # a key of this team sees its wallet
@@ -108,7 +100,7 @@ async def team_access(auth: Any, team_id: str, *, manage: bool) -> str:
 @router.get("/{team_id}/balance", summary="A team's balance, held credits, tier and level")
 async def team_balance(team_id: TeamPath, auth: Auth) -> dict[str, Any]:
     account = await team_access(auth, team_id, manage=False)
-    runtime = await _runtime()
+    runtime = (await current()).runtime
     result = (await runtime.ledger.account(account)).to_dict()
     result["team_id"] = team_id
     return result
@@ -122,7 +114,7 @@ async def team_usage(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
     account = await team_access(auth, team_id, manage=False)
-    runtime = await _runtime()
+    runtime = (await current()).runtime
     rows = await runtime.db.fetchall(
         "team_usage_rows", {"user_id": account, "limit": limit, "offset": offset})
     return {
@@ -143,7 +135,7 @@ async def team_transactions(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
     account = await team_access(auth, team_id, manage=False)
-    runtime = await _runtime()
+    runtime = (await current()).runtime
     rows = await runtime.ledger.transactions(account, limit=limit, offset=offset,
                                              since=None, until=None)
     return {"team_id": team_id, "user_id": account, "limit": limit, "offset": offset,
@@ -153,8 +145,9 @@ async def team_transactions(
 @router.post("/{team_id}/purchase", summary="Team admins: buy credits for the team (Stripe)")
 async def team_purchase(team_id: TeamPath, body: PurchaseBody, auth: Auth) -> dict[str, Any]:
     account = await team_access(auth, team_id, manage=True)
-    runtime = await _runtime()
-    result = await start_checkout(runtime, account, body)
+    services = await current()
+    checkout = await services.purchases.start_checkout(account, body.package_id, body.nonce)
+    result = checkout.to_dict()
     result["team_id"] = team_id
     return result
 
@@ -164,7 +157,7 @@ async def team_power_level(
     team_id: TeamPath, body: PowerLevelBody, auth: Auth
 ) -> dict[str, Any]:
     account = await team_access(auth, team_id, manage=True)
-    runtime = await _runtime()
+    runtime = (await current()).runtime
     await runtime.ledger.set_power_level(account, body.level, by=identity(auth))
     result = (await runtime.ledger.account(account)).to_dict()
     result["team_id"] = team_id

@@ -4,7 +4,7 @@ The page (``static/credits.html``) is plain HTML with one inline script and
 one inline stylesheet; the chart is inline SVG drawn by that script. It holds
 no data itself: the browser asks the ``/credits`` API with the key the user
 pastes, so the page needs no authentication and every authorization decision
-stays in :mod:`litellm_credits.api.app`.
+stays in :mod:`litellm_credits.api.auth`.
 
 Served with a strict Content-Security-Policy: only the page's own script and
 style (pinned by their SHA-256 hashes, computed here when the file is read),

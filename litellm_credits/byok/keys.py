@@ -88,9 +88,9 @@ from litellm_credits.byok.vault import (
     key_hint,
     validate_plaintext,
 )
-from litellm_credits.ledger import check_text, check_user_id
 from litellm_credits.settings import DEFAULT_PROVIDER_ALIASES
 from litellm_credits.store.db import Database, Row, run
+from litellm_credits.values import check_text, check_user_id
 
 __all__ = [
     "KeyInfo",

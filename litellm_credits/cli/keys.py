@@ -44,9 +44,9 @@ from litellm_credits.byok.vault import (
     Vault,
     generate_key_entry,
 )
-from litellm_credits.cli import main as cli
-from litellm_credits.ledger import check_user_id
+from litellm_credits.cli.common import AddCommand, Context, Handler, Subparsers, emit, operator
 from litellm_credits.store.db import Database
+from litellm_credits.values import check_user_id
 
 #: Read at most this many characters from stdin; anything longer is refused as too long.
 _STDIN_LIMIT = MAX_PLAINTEXT_CHARS + 3
@@ -86,7 +86,7 @@ def _vault() -> Vault:
     return Vault.from_env()
 
 
-def _store(ctx: cli.Context, db: Database, vault: Vault | None) -> KeyStore:
+def _store(ctx: Context, db: Database, vault: Vault | None) -> KeyStore:
     return KeyStore(db, vault, aliases=ctx.settings.provider_aliases)
 
 
@@ -113,13 +113,13 @@ def _row(info: KeyInfo) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace, info: KeyInfo) -> None:
-    cli.emit(args, info.to_dict() if args.json else _row(info))
+    emit(args, info.to_dict() if args.json else _row(info))
 
 
 # --- handlers ---------------------------------------------------------------------
 
 
-async def cmd_add(args: argparse.Namespace, ctx: cli.Context) -> int:
+async def cmd_add(args: argparse.Namespace, ctx: Context) -> int:
     vault = _vault()  # refuse before asking for the key
     aliases = ctx.settings.provider_aliases
     user = check_user_id(args.user)
@@ -132,7 +132,7 @@ async def cmd_add(args: argparse.Namespace, ctx: cli.Context) -> int:
             user, provider, name, secret,
             default=args.default,
             fallback_to_platform=args.fallback_to_platform,
-            created_by=cli._operator(),
+            created_by=operator(),
         )
     finally:
         del secret
@@ -142,20 +142,20 @@ async def cmd_add(args: argparse.Namespace, ctx: cli.Context) -> int:
     return 0
 
 
-async def cmd_list(args: argparse.Namespace, ctx: cli.Context) -> int:
+async def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
     store = _store(ctx, await ctx.db(), None)
     keys = await store.list(args.user)
     if args.json:
-        cli.emit(args, [k.to_dict() for k in keys])
+        emit(args, [k.to_dict() for k in keys])
     else:
-        cli.emit(args, [_row(k) for k in keys])
+        emit(args, [_row(k) for k in keys])
     return 0
 
 
-async def cmd_revoke(args: argparse.Namespace, ctx: cli.Context) -> int:
+async def cmd_revoke(args: argparse.Namespace, ctx: Context) -> int:
     store = _store(ctx, await ctx.db(), None)
-    result = await store.revoke(args.user, args.provider, args.name, by=cli._operator())
-    cli.emit(args, result.to_dict() if args.json else _row(result.key))
+    result = await store.revoke(args.user, args.provider, args.name, by=operator())
+    emit(args, result.to_dict() if args.json else _row(result.key))
     key = result.key
     if not result.revoked_now:
         _note(f"the key was already revoked (at {key.revoked_at}); nothing changed")
@@ -173,22 +173,22 @@ async def cmd_revoke(args: argparse.Namespace, ctx: cli.Context) -> int:
     return 0
 
 
-async def cmd_set_default(args: argparse.Namespace, ctx: cli.Context) -> int:
+async def cmd_set_default(args: argparse.Namespace, ctx: Context) -> int:
     store = _store(ctx, await ctx.db(), None)
-    _show(args, await store.set_default(args.user, args.provider, args.name, by=cli._operator()))
+    _show(args, await store.set_default(args.user, args.provider, args.name, by=operator()))
     return 0
 
 
-async def cmd_set_fallback(args: argparse.Namespace, ctx: cli.Context) -> int:
+async def cmd_set_fallback(args: argparse.Namespace, ctx: Context) -> int:
     store = _store(ctx, await ctx.db(), None)
     info = await store.set_fallback(
-        args.user, args.provider, args.name, args.value == "on", by=cli._operator()
+        args.user, args.provider, args.name, args.value == "on", by=operator()
     )
     _show(args, info)
     return 0
 
 
-async def cmd_rotate(args: argparse.Namespace, ctx: cli.Context) -> int:
+async def cmd_rotate(args: argparse.Namespace, ctx: Context) -> int:
     vault = _vault()
     store = _store(ctx, await ctx.db(), vault)
 
@@ -198,9 +198,9 @@ async def cmd_rotate(args: argparse.Namespace, ctx: cli.Context) -> int:
 
     report = await store.rotate(args.batch_size, max_rows=args.max_rows, progress=progress)
     if args.json:
-        cli.emit(args, report.to_dict())
+        emit(args, report.to_dict())
     else:
-        cli.emit(args, {
+        emit(args, {
             "active_key_id": report.active_key_id,
             "rotated": report.rotated,
             "already_current": report.already_current,
@@ -224,7 +224,7 @@ async def cmd_rotate(args: argparse.Namespace, ctx: cli.Context) -> int:
     return 1
 
 
-async def cmd_generate_master_key(args: argparse.Namespace, ctx: cli.Context) -> int:
+async def cmd_generate_master_key(args: argparse.Namespace, ctx: Context) -> int:
     key_id = args.id or "k" + datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     entry = generate_key_entry(key_id)
     if args.json:
@@ -247,11 +247,11 @@ async def cmd_generate_master_key(args: argparse.Namespace, ctx: cli.Context) ->
 # --- wiring -------------------------------------------------------------------------
 
 
-def _exit_2_without_vault(handler: cli.Handler) -> cli.Handler:
+def _exit_2_without_vault(handler: Handler) -> Handler:
     """A missing master key is a configuration error: print the recipe, exit 2."""
 
     @functools.wraps(handler)
-    async def wrapped(args: argparse.Namespace, ctx: cli.Context) -> int:
+    async def wrapped(args: argparse.Namespace, ctx: Context) -> int:
         try:
             return await handler(args, ctx)
         except errors.VaultNotConfigured as exc:
@@ -271,9 +271,9 @@ def _positive(text: str) -> int:
     return value
 
 
-def register(sub: Any, add: Any) -> None:
+def register(sub: Subparsers, add: AddCommand) -> None:
     """Add the ``keys`` command group to the ``litellm-credits`` parser."""
-    keys: argparse.ArgumentParser = sub.add_parser(
+    keys = sub.add_parser(
         "keys",
         help="users' own provider keys (BYOK): add, list, revoke, set-default, rotate",
         description="Users' own provider API keys, stored encrypted with the master keys in "
@@ -281,7 +281,7 @@ def register(sub: Any, add: Any) -> None:
     )
     group = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: cli.Handler, help: str) -> argparse.ArgumentParser:
+    def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = group.add_parser(name, help=help, description=help)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(handler=_exit_2_without_vault(handler))

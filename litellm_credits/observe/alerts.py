@@ -5,8 +5,8 @@ How it works (see ``docs/monitoring.md`` for the operator's view):
 * **Threshold.** Each account has one: ``user_credits.low_balance_threshold``,
   or when that is NULL, its tier's ``low_balance_threshold`` from the credits
   config, or else 0 (then only the zero-balance alert applies).
-* **Detection, off the request path.** :func:`install` chains onto the
-  writer's ``on_batch`` callback. A batch that debited some accounts only
+* **Detection, off the request path.** :func:`install` subscribes the
+  dispatcher to the runtime (``on_batch``, ``on_refresh``). A batch that debited some accounts only
   adds their user ids to a set; a background task then runs ONE set-based
   statement for all of them (``credits_claim_balance_alerts`` in
   ``0004_alerts.sql``). A timer sweep runs the same function over every
@@ -52,7 +52,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -61,11 +61,12 @@ from typing import Any
 import httpx
 
 from litellm_credits import errors
-from litellm_credits.ledger import CREDIT_PLACES, money
 from litellm_credits.observe import metrics
-from litellm_credits.runtime import Runtime
+from litellm_credits.runtime import Runtime, RuntimeObserver
 from litellm_credits.settings import Settings
+from litellm_credits.settlement.record import SettlementRecord
 from litellm_credits.store.db import Row
+from litellm_credits.values import CREDIT_PLACES, money
 
 __all__ = [
     "AlertDispatcher",
@@ -105,7 +106,6 @@ CLAIM_LIMIT = 50
 #: Receivers should refuse signatures older than this.
 DEFAULT_TOLERANCE_SECONDS = 300
 
-_ATTR = "_credits_alert_dispatcher"
 
 
 # --- signing ----------------------------------------------------------------------------
@@ -200,8 +200,8 @@ class DeliveryResult:
     error: str | None
 
 
-@dataclass
-class AlertDispatcher:
+@dataclass(eq=False)
+class AlertDispatcher(RuntimeObserver):
     """Detection and delivery for one :class:`Runtime` (one per proxy process)."""
 
     runtime: Runtime
@@ -236,7 +236,7 @@ class AlertDispatcher:
 
     # -- callbacks (sync, called from the writer and the refresher; never raise) ---------
 
-    def on_batch(self, batch: list[dict[str, Any]], results: list[dict[str, Any]],
+    def on_batch(self, batch: Sequence[SettlementRecord], results: Sequence[Mapping[str, Any]],
                  elapsed: float) -> None:
         try:
             users = {str(r["user_id"]) for r in results if r.get("outcome") == "debited"}
@@ -412,26 +412,8 @@ class AlertDispatcher:
 # --- wiring ------------------------------------------------------------------------------
 
 
-def chain_on_batch(
-    runtime: Runtime, callback: Callable[[list[dict[str, Any]], list[dict[str, Any]], float], None]
-) -> None:
-    """Add ``callback`` to the writer's single ``on_batch`` hook, keeping what was there."""
-    previous = runtime.writer.on_batch
-
-    def both(batch: list[dict[str, Any]], results: list[dict[str, Any]], elapsed: float) -> None:
-        if previous is not None:
-            try:
-                previous(batch, results, elapsed)
-            except Exception:  # noqa: BLE001 - one observer must not break the others
-                log.exception("an on_batch callback failed")
-        callback(batch, results, elapsed)
-
-    runtime.writer.on_batch = both
-
-
 def dispatcher_of(runtime: Runtime) -> AlertDispatcher | None:
-    found = getattr(runtime, _ATTR, None)
-    return found if isinstance(found, AlertDispatcher) else None
+    return runtime.observer(AlertDispatcher)
 
 
 def install(runtime: Runtime, **options: Any) -> AlertDispatcher:
@@ -457,10 +439,7 @@ def install(runtime: Runtime, **options: Any) -> AlertDispatcher:
                   "recorded (status 'unconfigured') but never sent unsigned")
     elif not dispatcher.webhook_url:
         log.info("no alerts.webhook_url configured: low-balance alerts are recorded only")
-    setattr(runtime, _ATTR, dispatcher)
-    chain_on_batch(runtime, dispatcher.on_batch)
-    runtime.on_refresh.append(dispatcher.on_refresh)
-    return dispatcher
+    return runtime.subscribe(dispatcher)
 
 
 def threshold_of(settings: Settings, tier: str, own: Decimal | None) -> Decimal:

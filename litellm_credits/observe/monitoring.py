@@ -20,16 +20,16 @@ replicas). The gauges read from the database on a timer (users below their
 threshold, holds in flight, alerts waiting) describe the whole deployment and
 are the same on every replica: aggregate them with ``max()``, not ``sum()``.
 
-:func:`install` registers the callbacks that feed the metrics:
+:func:`install` subscribes a :class:`Monitor` to the runtime
+(:meth:`Runtime.subscribe`); its events feed the metrics:
 
-* the writer's ``on_batch`` (batch size and latency, settlement outcomes,
-  credits debited by power level, holds settled or released),
-* ``runtime.on_sweep`` (holds expired),
-* ``runtime.on_refresh`` (writer and spool counters and the database gauges,
+* ``on_batch`` (batch size and latency, settlement outcomes, credits debited
+  by power level, holds settled or released),
+* ``on_sweep`` (holds expired),
+* ``on_refresh`` (writer and spool counters and the database gauges,
   refreshed every :data:`DB_REFRESH_SECONDS` in a background task),
-* an observer of the runtime's ledger that counts credits granted by type,
-  purchase revenue, refunds and admin debits as they are written, and holds
-  the hook releases itself.
+* ``on_ledger_event``: credits granted by type, purchase revenue, refunds and
+  admin debits as they are written, and holds the hook releases itself.
 
 Every callback catches its own errors: monitoring must never break settlement.
 """
@@ -43,7 +43,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -51,8 +51,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 
 from litellm_credits import errors
 from litellm_credits.observe import metrics
-from litellm_credits.observe.alerts import chain_on_batch, tier_thresholds
-from litellm_credits.runtime import Runtime, get_runtime
+from litellm_credits.observe.alerts import tier_thresholds
+from litellm_credits.runtime import Runtime, RuntimeObserver, get_runtime
+from litellm_credits.settlement.record import SettlementRecord
 
 __all__ = ["Monitor", "install", "monitor_of", "mount", "render"]
 
@@ -67,7 +68,6 @@ REFRESH_ENV = "CREDITS_METRICS_REFRESH_SECONDS"
 SPOOL_REFRESH_SECONDS = 2.0
 ADMIN_ROLES = frozenset({"proxy_admin", "proxy_admin_viewer"})
 
-_ATTR = "_credits_monitor"
 _MOUNTED = "litellm_credits_metrics_mounted"
 
 R = metrics.REGISTRY
@@ -152,7 +152,7 @@ def _float(value: Any) -> float:
         return 0.0
 
 
-class Monitor:
+class Monitor(RuntimeObserver):
     """Feeds the metrics for one :class:`Runtime`."""
 
     def __init__(self, runtime: Runtime, *, db_refresh_seconds: float | None = None) -> None:
@@ -168,23 +168,23 @@ class Monitor:
 
     # -- the writer ------------------------------------------------------------------
 
-    def on_batch(self, batch: list[dict[str, Any]], results: list[dict[str, Any]],
+    def on_batch(self, batch: Sequence[SettlementRecord], results: Sequence[Mapping[str, Any]],
                  elapsed: float) -> None:
         try:
             metrics.WRITER_BATCH_SIZE.observe(len(batch))
             metrics.WRITER_BATCH_SECONDS.observe(elapsed)
             WRITER_LAST_BATCH.set(time.time())
-            records = {str(r.get("request_id")): r for r in batch}
+            records = {r.request_id: r for r in batch}
             for result in results:
                 outcome = str(result.get("outcome"))
                 metrics.count(SETTLEMENTS, outcome)
-                record = records.get(str(result.get("request_id"))) or {}
+                record = records.get(str(result.get("request_id")))
                 if outcome == "debited":
-                    level = str(record.get("power_level") or "unknown")
+                    level = (record.power_level if record else None) or "unknown"
                     metrics.count(metrics.CREDITS_DEBITED, level,
                                   amount=_float(result.get("debited")))
                     metrics.count(metrics.HOLDS, "settled")
-                elif outcome == "failure_logged" and _had_hold(record):
+                elif outcome == "failure_logged" and record is not None and record.had_hold:
                     metrics.count(metrics.HOLDS, "released")
             self.sync()
         except Exception:  # noqa: BLE001 - monitoring must never break settlement
@@ -270,12 +270,6 @@ class Monitor:
             self._counted.popitem(last=False)
         return True
 
-    def instrument_ledger(self) -> None:
-        """Count credits granted, refunds and admin debits as the ledger writes them."""
-        ledger = self.runtime.ledger
-        if self.on_ledger_event not in ledger.observers:
-            ledger.observers.append(self.on_ledger_event)
-
     def on_ledger_event(self, event: str, fields: dict[str, Any]) -> None:
         with _logged(f"ledger event {event}"):
             if event == "released":
@@ -321,16 +315,6 @@ def _logged(what: str) -> Iterator[None]:
         log.exception("monitoring: could not count %s", what)
 
 
-def _had_hold(record: dict[str, Any]) -> bool:
-    """A failure record of a request that passed the pre-call hook (and so held credits).
-
-    The hook writes ``route_rule`` only after the hold was placed and a route chosen;
-    a refusal in the hook (402, 429, ...) has none and never held anything.
-    """
-    md = record.get("request_metadata")
-    return isinstance(md, dict) and md.get("route_rule") is not None
-
-
 def _segment_age(name: str) -> float:
     """Seconds since a spool segment was started (its name begins with time_ns)."""
     try:
@@ -343,8 +327,7 @@ def _segment_age(name: str) -> float:
 
 
 def monitor_of(runtime: Runtime) -> Monitor | None:
-    found = getattr(runtime, _ATTR, None)
-    return found if isinstance(found, Monitor) else None
+    return runtime.observer(Monitor)
 
 
 def install(runtime: Runtime, **options: Any) -> Monitor:
@@ -353,12 +336,7 @@ def install(runtime: Runtime, **options: Any) -> Monitor:
     if existing is not None:
         return existing
     monitor = Monitor(runtime, **options)
-    setattr(runtime, _ATTR, monitor)
-    chain_on_batch(runtime, monitor.on_batch)
-    runtime.on_sweep.append(monitor.on_sweep)
-    runtime.on_refresh.append(monitor.on_refresh)
-    monitor.instrument_ledger()
-    return monitor
+    return runtime.subscribe(monitor)
 
 
 def render(runtime: Runtime | None = None) -> bytes:

@@ -1,220 +1,174 @@
-"""Turns a finished request into one settlement record (an ``llm_usage_log`` row to be).
+"""The settlement record: one finished request, as one ``llm_usage_log`` row to be.
 
-Pure functions over what LiteLLM hands the hook, so the money arithmetic is
-testable without a proxy. The charge is recomputed from tokens and Decimal
-prices; LiteLLM's float ``response_cost`` is kept only for reference in the
-response metadata. No message content and no secret is ever copied: the
-request metadata is an allow-list of small fields, capped in size.
+:class:`SettlementRecord` is the typed record the hook builds, the writer
+queues, the spool keeps on disk and ``settle_usage`` (0003_settlement.sql)
+takes. It has exactly one serialisation each way:
+
+* :meth:`SettlementRecord.to_json` - the JSON object ``settle_usage`` reads
+  (``jsonb_to_recordset`` with the same column names); it is also the spool
+  line, so a line written by an older version (a plain JSON object with
+  Decimals as strings) replays unchanged;
+* :meth:`SettlementRecord.from_json` - a spool line back to a record, tolerant
+  of the keys older failure records left out (the SQL defaults them).
+
+The builders (:func:`success_record`, :func:`failure_record`) live in
+:mod:`litellm_credits.settlement.build`.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from litellm_credits.pricing import Price, byok_fee, to_credits
+from litellm_credits.values import money
 
-MAX_ERROR_CHARS = 500
-MAX_TEXT_CHARS = 255
-MAX_METADATA_BYTES = 4096
-
-# Things that look like provider keys or bearer tokens, in case a provider
-# echoes one back in an error message.
-_SECRETISH = re.compile(
-    r"(?i)(bearer\s+\S+|\b(sk|pk|rk|ak)[-_][A-Za-z0-9*_\-]{6,}|\b[A-Za-z0-9_\-]{32,}\b)"
-)
+JsonObject = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Charge:
-    provider_cost_usd: Decimal
-    full_credits: Decimal  # what the request would cost on a platform key
-    credits: Decimal  # what is charged (the BYOK fee when BYOK)
-    priced_from: str
+class RecordFormatError(ValueError):
+    """A spool line that is JSON but not a settlement record."""
 
 
-def compute_charge(
-    price: Price | None,
-    *,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cached_tokens: int,
-    credits_per_usd: Decimal,
-    multiplier: Decimal,
-    byok: bool,
-    byok_fee_percent: Decimal,
-    hold_amount: Decimal,
-    cache_hit: bool = False,
-) -> Charge:
-    """The charge for one served request (I5: never 0 because a price is missing)."""
-    if cache_hit:
-        return Charge(Decimal(0), Decimal(0), Decimal(0), "cache_hit")
-    if price is None:
-        # The deployment vanished from the config mid-request. Bill what was held.
-        return Charge(Decimal(0), hold_amount, hold_amount, "hold")
-    usd = price.usd(max(prompt_tokens, 0), max(completion_tokens, 0), max(cached_tokens, 0))
-    full = to_credits(usd, credits_per_usd, multiplier)
-    credits = byok_fee(full, byok_fee_percent) if byok else full
-    return Charge(usd, full, credits, price.source)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SettlementRecord:
+    """One request to settle; the fields are the ``llm_usage_log`` columns, in the order
+    ``settle_usage`` lists them (keyword-only, so that order costs nothing)."""
+
+    request_id: str
+    user_id: str
+    model: str | None = None
+    model_group: str | None = None
+    provider: str | None = None
+    api_base: str | None = None
+    power_level: str | None = None
+    byok_key_id: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    total_tokens: int | None = None
+    provider_cost_usd: Decimal | None = None
+    credits_charged: Decimal = Decimal(0)
+    cost_multiplier: Decimal | None = None
+    latency_ms: int | None = None
+    time_to_first_token_ms: int | None = None
+    success: bool
+    status_code: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    app_id: str | None = None
+    session_id: str | None = None
+    request_metadata: Mapping[str, Any] = field(default_factory=dict)
+    response_metadata: Mapping[str, Any] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def had_hold(self) -> bool:
+        """A record of a request that passed the pre-call hook (and so held credits).
+
+        The hook writes ``route_rule`` only after the hold was placed and a route
+        chosen; a refusal in the hook (402, 429, ...) has none and never held anything.
+        """
+        return self.request_metadata.get("route_rule") is not None
+
+    def to_json(self) -> JsonObject:
+        """The object ``settle_usage`` takes, and the spool line: JSON-safe, money as text."""
+        out: JsonObject = {}
+        for f in FIELDS:
+            value = getattr(self, f)
+            if isinstance(value, Decimal):
+                value = money(value)
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f] = value
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any) -> SettlementRecord:
+        """A record from a spool line (this version's or an older one's)."""
+        if not isinstance(obj, Mapping):
+            raise RecordFormatError("a settlement record is a JSON object")
+        values: dict[str, Any] = {}
+        for name in FIELDS:
+            if name not in obj:
+                continue
+            try:
+                values[name] = _PARSE[_KIND[name]](obj[name])
+            except (TypeError, ValueError, InvalidOperation) as exc:
+                raise RecordFormatError(f"{name}: {exc}") from None
+        for name in ("request_id", "user_id", "success"):
+            if name not in values or values[name] is None:
+                raise RecordFormatError(f"{name} is missing")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> SettlementRecord:
+        return dataclasses.replace(self, **changes)
 
 
-def scrub(text: str | None, secrets: tuple[str, ...] = ()) -> str | None:
-    """An error message safe to store: known secrets and key-like strings removed, capped."""
-    if text is None:
-        return None
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    text = _SECRETISH.sub("[redacted]", text)
-    return text[:MAX_ERROR_CHARS]
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SettlementRecord))
 
 
-def short(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).replace("\x00", "")
-    return text[:MAX_TEXT_CHARS] or None
+def _opt(parse: Any) -> Any:
+    return lambda v: None if v is None else parse(v)
 
 
-def _without_nul(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, dict):
-        return {_without_nul(str(k)): _without_nul(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_without_nul(v) for v in value]
-    return value
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected text, got {type(v).__name__}")
+    return v
 
 
-def capped_json(value: Mapping[str, Any]) -> dict[str, Any]:
-    """Metadata as stored: JSON-safe, no NUL characters, at most MAX_METADATA_BYTES."""
-    text = json.dumps(value, default=str)
-    if "\\u0000" in text:  # rare: walk it and drop the NULs PostgreSQL's jsonb refuses
-        text = json.dumps(_without_nul(json.loads(text)))
-    if len(text) <= MAX_METADATA_BYTES:
-        return dict(json.loads(text))
-    return {"truncated": True, "keys": sorted(_without_nul(str(k)) for k in value)[:50]}
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected an integer, got {type(v).__name__}")
+    return v
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"expected true or false, got {type(v).__name__}")
+    return v
 
 
-def cached_tokens_of(slo: Mapping[str, Any]) -> int:
-    usage = ((slo.get("metadata") or {}).get("usage_object")) or {}
-    details = usage.get("prompt_tokens_details") or {}
-    return _int(details.get("cached_tokens") if isinstance(details, Mapping) else 0)
+def _decimal(v: Any) -> Decimal:
+    # Old and new lines carry money as text; a JSON number is read exactly from its text.
+    if isinstance(v, bool) or not isinstance(v, str | int | float):
+        raise TypeError(f"expected a decimal, got {type(v).__name__}")
+    parsed = Decimal(str(v))
+    if not parsed.is_finite():
+        raise ValueError(f"{v!r} is not a finite number")
+    return parsed
 
 
-def _ms(seconds: Any) -> int | None:
-    if isinstance(seconds, int | float) and seconds >= 0:
-        return int(round(seconds * 1000))
-    return None
+def _object(v: Any) -> Mapping[str, Any]:
+    if not isinstance(v, Mapping):
+        raise TypeError(f"expected an object, got {type(v).__name__}")
+    return dict(v)
 
 
-def app_and_session(metadata: Mapping[str, Any], headers: Mapping[str, Any]) -> tuple[
-    str | None, str | None
-]:
-    app = metadata.get("app_id") or headers.get("x-app-id")
-    session = metadata.get("session_id") or headers.get("x-session-id")
-    return short(app), short(session)
+def _time(v: Any) -> datetime:
+    parsed = datetime.fromisoformat(_text(v))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def success_record(
-    ctx: Mapping[str, Any],
-    slo: Mapping[str, Any],
-    *,
-    provider: str | None,
-    charge: Charge,
-    byok_key_id: int | None,
-    app_id: str | None,
-    session_id: str | None,
-) -> dict[str, Any]:
-    start, end = slo.get("startTime"), slo.get("endTime")
-    first = slo.get("completionStartTime")
-    latency = _ms(end - start) if isinstance(start, float) and isinstance(end, float) else None
-    ttft = _ms(first - start) if isinstance(first, float) and isinstance(start, float) else None
-    prompt = _int(slo.get("prompt_tokens"))
-    completion = _int(slo.get("completion_tokens"))
-    return {
-        "request_id": ctx["request_id"],
-        "user_id": ctx["user_id"],
-        "model": short(slo.get("model")),
-        "model_group": short(slo.get("model_group") or ctx.get("model_group")),
-        "provider": short(provider),
-        "api_base": short(slo.get("api_base")),
-        "power_level": ctx.get("power_level"),
-        "byok_key_id": byok_key_id,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "cached_tokens": cached_tokens_of(slo),
-        "total_tokens": _int(slo.get("total_tokens")) or prompt + completion,
-        "provider_cost_usd": charge.provider_cost_usd,
-        "credits_charged": charge.credits,
-        "cost_multiplier": Decimal(str(ctx.get("multiplier", "1"))),
-        "latency_ms": latency,
-        "time_to_first_token_ms": ttft,
-        "success": True,
-        "status_code": 200,
-        "error_type": None,
-        "error_message": None,
-        "app_id": app_id,
-        "session_id": session_id,
-        "request_metadata": capped_json({
-            "litellm_call_id": short(slo.get("litellm_call_id")),
-            "end_user": short(slo.get("end_user")),
-            "stream": bool(slo.get("stream")),
-            "route_rule": ctx.get("route_rule"),
-            "call_type": short(slo.get("call_type")),
-            "payer": ctx.get("payer"),  # which key and member spent (identity.Payer)
-        }),
-        "response_metadata": capped_json({
-            "deployment_id": short(slo.get("model_id")),
-            "full_credits": str(charge.full_credits),
-            "priced_from": charge.priced_from,
-            "litellm_response_cost": slo.get("response_cost"),
-            "cache_hit": bool(slo.get("cache_hit")),
-            "status_detail": short(slo.get("error_str")),
-        }),
-        "created_at": datetime.now(UTC),
-    }
-
-
-def failure_record(
-    ctx: Mapping[str, Any],
-    *,
-    error_type: str,
-    status_code: int | None,
-    message: str | None,
-    secrets: tuple[str, ...] = (),
-    provider: str | None = None,
-    app_id: str | None = None,
-    session_id: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "request_id": ctx["request_id"],
-        "user_id": ctx["user_id"],
-        "model": None,
-        "model_group": short(ctx.get("model_group")),
-        "provider": short(provider),
-        "api_base": None,
-        "power_level": ctx.get("power_level"),
-        "byok_key_id": None,
-        "success": False,
-        "status_code": status_code,
-        "error_type": short(error_type),
-        "error_message": scrub(message, secrets),
-        "credits_charged": Decimal(0),
-        "cost_multiplier": None,
-        "app_id": app_id,
-        "session_id": session_id,
-        "request_metadata": capped_json({"route_rule": ctx.get("route_rule"),
-                                         "payer": ctx.get("payer")}),
-        "response_metadata": {},
-        "created_at": datetime.now(UTC),
-    }
+_PARSE: dict[str, Any] = {
+    "text": _text, "opt_text": _opt(_text), "opt_int": _opt(_int), "bool": _bool,
+    "opt_decimal": _opt(_decimal), "decimal": _decimal, "object": _object, "time": _time,
+}
+_KIND: dict[str, str] = {
+    "request_id": "text", "user_id": "text", "success": "bool",
+    "model": "opt_text", "model_group": "opt_text", "provider": "opt_text",
+    "api_base": "opt_text", "power_level": "opt_text", "byok_key_id": "opt_int",
+    "prompt_tokens": "opt_int", "completion_tokens": "opt_int", "cached_tokens": "opt_int",
+    "total_tokens": "opt_int", "provider_cost_usd": "opt_decimal",
+    "credits_charged": "decimal", "cost_multiplier": "opt_decimal", "latency_ms": "opt_int",
+    "time_to_first_token_ms": "opt_int", "status_code": "opt_int", "error_type": "opt_text",
+    "error_message": "opt_text", "app_id": "opt_text", "session_id": "opt_text",
+    "request_metadata": "object", "response_metadata": "object", "created_at": "time",
+}
+assert set(_KIND) == set(FIELDS), "every field needs a parser"

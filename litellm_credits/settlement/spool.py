@@ -14,6 +14,11 @@ appending to, and a segment is replayed only under that same lock, so no
 replayer reads a file that is still being written or that another replayer
 has. A line that is complete but not JSON (a damaged disk block) is moved to
 ``rejected/`` for an operator instead of blocking the replay forever.
+
+A line is :meth:`SettlementRecord.to_json` as JSON; reading uses
+:meth:`SettlementRecord.from_json`, which also reads the lines older versions
+wrote (the same object, Decimals as text). A line that is JSON but not a
+record goes to ``rejected/`` as well.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-Record = dict[str, Any]
+from litellm_credits.settlement.record import RecordFormatError, SettlementRecord
+
+Record = SettlementRecord
 
 
 class Spool:
@@ -63,11 +70,11 @@ class Spool:
         self._segment = None
 
 
-    def append(self, records: Sequence[Record], encode: Callable[[Any], Any]) -> None:
+    def append(self, records: Sequence[Record]) -> None:
         """Durably append records; returns only after every byte is written and fsync'd."""
         if not records:
             return
-        data = memoryview("".join(json.dumps(r, default=encode, separators=(",", ":")) + "\n"
+        data = memoryview("".join(json.dumps(r.to_json(), separators=(",", ":")) + "\n"
                                   for r in records).encode("utf-8"))
         fd = self._open_segment()
         while data:
@@ -105,8 +112,8 @@ class Spool:
                 if not line.endswith(b"\n"):
                     break  # torn tail: that append never returned
                 try:
-                    records.append(json.loads(line))
-                except ValueError:
+                    records.append(SettlementRecord.from_json(json.loads(line)))
+                except (ValueError, RecordFormatError):
                     if on_bad is not None:
                         on_bad(f"{path.stem}-line{number}.jsonl", line)
         return records

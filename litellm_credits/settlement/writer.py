@@ -15,6 +15,10 @@ record is kept in ``rejected/`` for an operator, never dropped silently.
 
 The batch being settled is remembered until it is written, so a shutdown
 spools it too; settling it twice is harmless (I1).
+
+Records are :class:`SettlementRecord`; what reaches ``settle_usage`` is each
+record's :meth:`~SettlementRecord.to_json`. The one ``on_batch`` callback is
+given at construction (the runtime's, which fans out to its observers).
 """
 
 from __future__ import annotations
@@ -23,13 +27,17 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from litellm_credits import errors
-from litellm_credits.ledger import Ledger, _json_default
-from litellm_credits.settlement.spool import Record, Spool
+from litellm_credits.ledger import Ledger
+from litellm_credits.settlement.record import SettlementRecord
+from litellm_credits.settlement.spool import Spool
+
+Record = SettlementRecord
+BatchCallback = Callable[[Sequence[SettlementRecord], Sequence[Mapping[str, Any]], float], None]
 
 log = logging.getLogger("litellm_credits.settlement.writer")
 
@@ -57,7 +65,7 @@ class Writer:
         flush_seconds: float = 0.05,
         replay_interval: float = 2.0,
         settle_timeout: float | None = None,
-        on_batch: Callable[[list[Record], list[dict[str, Any]], float], None] | None = None,
+        on_batch: BatchCallback | None = None,
     ) -> None:
         self.ledger = ledger
         self.spool = spool
@@ -69,7 +77,7 @@ class Writer:
         # about a second. A batch abandoned this way is replayed later, which is
         # harmless if it committed after all (I1). Replays use the full deadline.
         self.settle_timeout = settle_timeout
-        self.on_batch = on_batch
+        self._on_batch = on_batch
         self.queue: asyncio.Queue[Record] = asyncio.Queue()
         self.stats = WriterStats()
         self._tasks: list[asyncio.Task[None]] = []
@@ -203,7 +211,8 @@ class Writer:
 
     async def _settle(self, batch: list[Record], live: bool = True) -> None:
         started = time.perf_counter()
-        results = await self.ledger.settle(batch, self.settle_timeout if live else None)
+        results = await self.ledger.settle([r.to_json() for r in batch],
+                                           self.settle_timeout if live else None)
         elapsed = time.perf_counter() - started
         self.stats.settled += len(batch)
         self.stats.batches += 1
@@ -211,8 +220,8 @@ class Writer:
         self.stats.last_batch_seconds = elapsed
         for row in results:
             self.stats.outcomes[row["outcome"]] = self.stats.outcomes.get(row["outcome"], 0) + 1
-        if self.on_batch is not None:
-            self.on_batch(batch, results, elapsed)
+        if self._on_batch is not None:
+            self._on_batch(batch, results, elapsed)
 
     async def _isolate(self, batch: list[Record]) -> None:
         """Split a refused batch until the bad records are alone; keep those aside."""
@@ -233,13 +242,12 @@ class Writer:
     def _reject(self, record: Record) -> None:
         self.stats.rejected += 1
         path = self.spool.set_aside(
-            f"{str(record.get('request_id', 'unknown'))[:64]}.json",
-            json.dumps(record, default=_json_default).encode("utf-8"))
+            f"{record.request_id[:64]}.json", json.dumps(record.to_json()).encode("utf-8"))
         log.error("settlement record %s was refused by the database; kept in %s",
-                  record.get("request_id"), path)
+                  record.request_id, path)
 
     def _to_spool(self, batch: list[Record]) -> None:
-        self.spool.append(batch, _json_default)
+        self.spool.append(batch)
         self.stats.spooled += len(batch)
         self._spool_dirty = True
 

@@ -22,8 +22,8 @@ from devtools.stripe_stub import (
     make_event,
     refunded_event,
     sign_event,
+    sign_payload,
 )
-from litellm_credits.billing.stripe import sign_payload
 
 pytestmark = pytest.mark.e2e
 
@@ -363,22 +363,22 @@ def test_bad_checkout_payloads_are_400_and_write_nothing(api: Any, api_sql: Sql)
 
 
 def test_missing_stripe_configuration_names_the_variable() -> None:
-    from litellm_credits.api import app as credits_api
+    from litellm_credits.billing.purchases import StripeNotConfigured, gateway_from_settings
     from litellm_credits.settings import Settings
 
-    gateways = credits_api._Gateways()
-    with pytest.raises(credits_api.ServiceNotConfigured) as caught:
-        gateways.get(Settings())
+    with pytest.raises(StripeNotConfigured) as caught:
+        gateway_from_settings(Settings())
     assert caught.value.http_status == 503
     assert "CREDITS_STRIPE_API_KEY" in caught.value.message
     assert "CREDITS_STRIPE_WEBHOOK_SECRET" in caught.value.message
-    with pytest.raises(credits_api.ServiceNotConfigured) as caught:
-        gateways.get(Settings(stripe_api_key="sk_test_x"))
+    with pytest.raises(StripeNotConfigured) as caught:
+        gateway_from_settings(Settings(stripe_api_key="sk_test_x"))
     assert "CREDITS_STRIPE_WEBHOOK_SECRET" in caught.value.message
     assert "CREDITS_STRIPE_API_KEY" not in caught.value.message
-    with pytest.raises(credits_api.ServiceNotConfigured) as caught:
-        gateways.get(Settings(stripe_api_key="sk_test_x", stripe_webhook_secret="whsec_x",
-                              stripe_api_base="http://stripe.example.com"))
+    with pytest.raises(StripeNotConfigured) as caught:
+        gateway_from_settings(Settings(stripe_api_key="sk_test_x", stripe_webhook_secret="whsec_x",
+                                       stripe_api_base="http://stripe.example.com"))
     assert "api_base" in caught.value.message
-    gateway = gateways.get(Settings(stripe_api_key="sk_test_x", stripe_webhook_secret="whsec_x"))
+    gateway = gateway_from_settings(
+        Settings(stripe_api_key="sk_test_x", stripe_webhook_secret="whsec_x"))
     gateway.close()

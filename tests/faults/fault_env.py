@@ -157,7 +157,7 @@ class FaultEnv:
         for d in self.spools:
             for path in Spool(d).segments():
                 with contextlib.suppress(FileNotFoundError):
-                    ids.update(str((r.get("request_metadata") or {}).get("litellm_call_id"))
+                    ids.update(str(r.request_metadata.get("litellm_call_id"))
                                for r in Spool.read(path))
         return ids
 

@@ -34,9 +34,11 @@ from fastapi import HTTPException
 from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 
 from devtools.pg import ClusterFactory
-from litellm_credits.hook import CTX, CreditsHandler
+from litellm_credits.context import CTX
+from litellm_credits.hook import CreditsHandler
 from litellm_credits.runtime import Runtime
 from litellm_credits.settings import Settings
+from litellm_credits.settlement.record import SettlementRecord
 from litellm_credits.settlement.spool import Spool
 from tests.faults.fault_env import (
     COST,
@@ -270,9 +272,10 @@ async def test_spool_is_replayed_at_startup(
         # What a proxy that crashed during an outage leaves behind.
         spool = Spool(env.spools[0])
         rid = f"req_{uuid.uuid4().hex}"
-        spool.append([{"request_id": rid, "user_id": user, "success": True,
-                       "credits_charged": str(COST), "model_group": "chat",
-                       "request_metadata": {"litellm_call_id": "pre-crash"}}], str)
+        spool.append([SettlementRecord.from_json(
+            {"request_id": rid, "user_id": user, "success": True,
+             "credits_charged": str(COST), "model_group": "chat",
+             "request_metadata": {"litellm_call_id": "pre-crash"}})])
         spool.close_segment()  # the crashed process's lock died with it
         proxy.start()
         replayed = await asyncio.to_thread(

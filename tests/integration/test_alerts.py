@@ -25,6 +25,7 @@ from litellm_credits.observe import alerts
 from litellm_credits.observe.alerts import AlertDispatcher, build_payload, sign, verify_signature
 from litellm_credits.runtime import Runtime
 from litellm_credits.settings import Settings, Tier
+from litellm_credits.settlement.record import SettlementRecord
 
 D = Decimal
 SECRET = "whsec_alerts_test"
@@ -63,13 +64,13 @@ def grant(conn: psycopg.Connection, user: str, amount: str, kind: str = "admin_a
                  (user, amount, kind))
 
 
-def usage(user: str, credits: str) -> dict[str, Any]:
-    return {"request_id": f"req_{uuid.uuid4().hex}", "user_id": user, "success": True,
-            "credits_charged": credits, "model": "m", "provider": "openai",
-            "power_level": "balanced", "status_code": 200}
+def usage(user: str, credits: str) -> SettlementRecord:
+    return SettlementRecord(request_id=f"req_{uuid.uuid4().hex}", user_id=user, success=True,
+                            credits_charged=Decimal(credits), model="m", provider="openai",
+                            power_level="balanced", status_code=200)
 
 
-async def spend(runtime: Runtime, *records: dict[str, Any]) -> None:
+async def spend(runtime: Runtime, *records: SettlementRecord) -> None:
     for record in records:
         runtime.writer.submit(record)
     await runtime.writer.flush()
@@ -227,7 +228,7 @@ async def test_the_writer_callback_feeds_detection(
     record = usage("gus", "5")
     await spend(runtime, record)
     assert dispatcher._touched == {"gus"}
-    failure = dict(usage("hal", "0"), success=False, status_code=500)
+    failure = usage("hal", "0").replace(success=False, status_code=500)
     await spend(runtime, failure)  # failures debit nothing: not noted
     assert dispatcher._touched == {"gus"}
     assert [r["user_id"] for r in await dispatcher.detect_pending()] == ["gus"]

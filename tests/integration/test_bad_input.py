@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from litellm_credits import errors
-from litellm_credits.ledger import Ledger, check_user_id, parse_amount
+from litellm_credits.ledger import Ledger
 from litellm_credits.store.db import Database
+from litellm_credits.values import check_user_id, parse_amount
 
 D = Decimal
 HYPOTHESIS = settings(max_examples=60, deadline=None, database=None,

@@ -34,10 +34,9 @@ from hypothesis import strategies as st
 
 from devtools.pg import PgCluster
 from devtools.proxy import MASTER_KEY, user_key
-from litellm_credits.billing.stripe import sign_payload
+from devtools.stripe_stub import sign_payload
 from litellm_credits.byok.vault import generate_key_entry
 from litellm_credits.pricing import (
-    CREDIT_PLACES,
     Price,
     byok_fee,
     completion_budget,
@@ -46,7 +45,7 @@ from litellm_credits.pricing import (
     to_credits,
 )
 from litellm_credits.reconcile import format_report, reconcile
-from litellm_credits.settlement.record import (
+from litellm_credits.settlement.build import (
     MAX_METADATA_BYTES,
     capped_json,
     compute_charge,
@@ -54,6 +53,7 @@ from litellm_credits.settlement.record import (
     short,
 )
 from litellm_credits.store.db import Database
+from litellm_credits.values import CREDIT_PLACES
 from tests.e2e.plugin_env import (
     PluginEnv,
     chat_deployment,

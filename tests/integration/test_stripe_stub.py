@@ -42,7 +42,6 @@ CHECKOUT: dict[str, Any] = {
     "package_name": "Starter & friends",
     "credits": Decimal("1000.5"),
     "price_usd": Decimal("9.99"),
-    "currency": "usd",
     "success_url": "https://app.example/ok?session={CHECKOUT_SESSION_ID}",
     "cancel_url": "https://app.example/cancel",
     "idempotency_key": "purchase-0001",
@@ -62,10 +61,10 @@ def _clean(stub: StripeStub) -> None:
 
 
 @pytest.fixture
-def gateway(stub: StripeStub) -> Iterator[StripeGateway]:
+async def gateway(stub: StripeStub) -> AsyncIterator[StripeGateway]:
     gw = StripeGateway(API_KEY, SECRET, api_base=stub.base_url, max_network_retries=0)
     yield gw
-    gw.close()
+    await gw.aclose()
 
 
 @pytest.fixture
@@ -104,8 +103,8 @@ def assert_recorded_checkout(stub: StripeStub, session_id: str, url: str) -> Non
     assert stub.payment_intent(session["payment_intent"])["metadata"] == expected_meta
 
 
-def test_create_checkout_session(stub: StripeStub, gateway: StripeGateway) -> None:
-    result = gateway.create_checkout_session(**CHECKOUT)
+async def test_create_checkout_session(stub: StripeStub, agateway: StripeGateway) -> None:
+    result = await agateway.create_checkout_session_async(**CHECKOUT)
     assert result.id.startswith("cs_test_")
     assert_recorded_checkout(stub, result.id, result.url)
 
@@ -120,60 +119,62 @@ async def test_no_deprecation_warnings_from_the_http_client(agateway: StripeGate
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         await agateway.create_checkout_session_async(**CHECKOUT)
-        agateway.create_checkout_session(**CHECKOUT)
+        await agateway.create_checkout_session_async(**CHECKOUT)
 
 
-def test_same_idempotency_key_returns_the_same_session(
+async def test_same_idempotency_key_returns_the_same_session(
     stub: StripeStub, gateway: StripeGateway
 ) -> None:
-    first = gateway.create_checkout_session(**CHECKOUT)
-    second = gateway.create_checkout_session(**CHECKOUT)
+    first = await gateway.create_checkout_session_async(**CHECKOUT)
+    second = await gateway.create_checkout_session_async(**CHECKOUT)
     assert first == second
     assert len(stub.sessions) == 1
     assert [r.replayed for r in stub.checkout_requests()] == [False, True]
 
 
-def test_same_idempotency_key_other_arguments_is_refused(
+async def test_same_idempotency_key_other_arguments_is_refused(
     stub: StripeStub, gateway: StripeGateway
 ) -> None:
-    gateway.create_checkout_session(**CHECKOUT)
+    await gateway.create_checkout_session_async(**CHECKOUT)
     with pytest.raises(PaymentProviderError, match="same parameters") as info:
-        gateway.create_checkout_session(**{**CHECKOUT, "package_id": 4})
+        await gateway.create_checkout_session_async(**{**CHECKOUT, "package_id": 4})
     assert info.value.http_status == 502
     assert len(stub.sessions) == 1
 
 
-def test_stripe_error_becomes_provider_error(stub: StripeStub, gateway: StripeGateway) -> None:
+async def test_stripe_error_becomes_provider_error(
+    stub: StripeStub, gateway: StripeGateway
+) -> None:
     stub.fail_next(400, "Invalid currency: xyz", "invalid_request_error")
     with pytest.raises(PaymentProviderError, match=r"HTTP 400.*Invalid currency") as info:
-        gateway.create_checkout_session(**CHECKOUT)
+        await gateway.create_checkout_session_async(**CHECKOUT)
     assert API_KEY not in str(info.value)
     assert stub.sessions == {}
 
 
-def test_server_error_is_retried_with_the_same_idempotency_key(stub: StripeStub) -> None:
+async def test_server_error_is_retried_with_the_same_idempotency_key(stub: StripeStub) -> None:
     gw = StripeGateway(API_KEY, SECRET, api_base=stub.base_url, max_network_retries=2)
     try:
         stub.fail_next(500)
-        result = gw.create_checkout_session(**CHECKOUT)
+        result = await gw.create_checkout_session_async(**CHECKOUT)
     finally:
-        gw.close()
+        await gw.aclose()
     requests = stub.checkout_requests()
     assert [r.status for r in requests] == [500, 200]
     assert {r.idempotency_key for r in requests} == {"purchase-0001"}
     assert list(stub.sessions) == [result.id]
 
 
-def test_wrong_api_key_is_refused(stub: StripeStub) -> None:
+async def test_wrong_api_key_is_refused(stub: StripeStub) -> None:
     gw = StripeGateway("sk_test_wrong", SECRET, api_base=stub.base_url, max_network_retries=0)
     try:
         with pytest.raises(PaymentProviderError, match="HTTP 401"):
-            gw.create_checkout_session(**CHECKOUT)
+            await gw.create_checkout_session_async(**CHECKOUT)
     finally:
-        gw.close()
+        await gw.aclose()
 
 
-def test_two_gateways_do_not_share_configuration() -> None:
+async def test_two_gateways_do_not_share_configuration() -> None:
     before = (stripe.api_key, stripe.api_base)
     with (
         StripeStub(api_key="sk_test_one") as one,
@@ -182,27 +183,27 @@ def test_two_gateways_do_not_share_configuration() -> None:
         gw1 = StripeGateway("sk_test_one", SECRET, api_base=one.base_url)
         gw2 = StripeGateway("sk_test_two", SECRET, api_base=two.base_url)
         try:
-            s1 = gw1.create_checkout_session(**CHECKOUT)
-            s2 = gw2.create_checkout_session(**{**CHECKOUT, "user_id": "bob"})
+            s1 = await gw1.create_checkout_session_async(**CHECKOUT)
+            s2 = await gw2.create_checkout_session_async(**{**CHECKOUT, "user_id": "bob"})
         finally:
-            gw1.close()
-            gw2.close()
+            await gw1.aclose()
+            await gw2.aclose()
         assert list(one.sessions) == [s1.id]
         assert list(two.sessions) == [s2.id]
         assert two.session(s2.id)["metadata"]["user_id"] == "bob"
     assert (stripe.api_key, stripe.api_base) == before
 
 
-def test_stopped_stub_is_a_provider_error() -> None:
+async def test_stopped_stub_is_a_provider_error() -> None:
     server = StripeStub().start()
     base = server.base_url
     server.stop()
     gw = StripeGateway(API_KEY, SECRET, api_base=base, max_network_retries=0)
     try:
         with pytest.raises(PaymentProviderError, match="failed"):
-            gw.create_checkout_session(**CHECKOUT)
+            await gw.create_checkout_session_async(**CHECKOUT)
     finally:
-        gw.close()
+        await gw.aclose()
 
 
 async def test_fetch_charge_id(stub: StripeStub, agateway: StripeGateway) -> None:
@@ -213,13 +214,12 @@ async def test_fetch_charge_id(stub: StripeStub, agateway: StripeGateway) -> Non
     charge = stub.payment_intent(intent)["latest_charge"]
     assert charge.startswith("ch_test_")
     assert await agateway.fetch_charge_id_async(intent) == charge
-    assert agateway.fetch_charge_id(intent) == charge
     with pytest.raises(PaymentProviderError, match="No such payment_intent"):
         await agateway.fetch_charge_id_async("pi_missing")
 
 
-def test_retrieve_session_over_http(stub: StripeStub, gateway: StripeGateway) -> None:
-    created = gateway.create_checkout_session(**CHECKOUT)
+async def test_retrieve_session_over_http(stub: StripeStub, gateway: StripeGateway) -> None:
+    created = await gateway.create_checkout_session_async(**CHECKOUT)
     auth = {"Authorization": f"Bearer {API_KEY}"}
     url = f"{stub.base_url}/v1/checkout/sessions/{created.id}"
     response = httpx.get(url, headers=auth)
@@ -287,8 +287,8 @@ def test_parse_form() -> None:
 # --- events built by the stub, verified by the gateway -----------------------------------
 
 
-def test_completed_event_round_trip(stub: StripeStub, gateway: StripeGateway) -> None:
-    created = gateway.create_checkout_session(**CHECKOUT)
+async def test_completed_event_round_trip(stub: StripeStub, gateway: StripeGateway) -> None:
+    created = await gateway.create_checkout_session_async(**CHECKOUT)
     session = stub.complete_session(created.id)
     body, signature = sign_event(completed_event(session), SECRET)
     result = gateway.parse_event(body, signature)
@@ -304,16 +304,16 @@ def test_completed_event_round_trip(stub: StripeStub, gateway: StripeGateway) ->
     assert result.is_paid
 
 
-def test_completed_event_unpaid(stub: StripeStub, gateway: StripeGateway) -> None:
-    created = gateway.create_checkout_session(**CHECKOUT)
+async def test_completed_event_unpaid(stub: StripeStub, gateway: StripeGateway) -> None:
+    created = await gateway.create_checkout_session_async(**CHECKOUT)
     event = completed_event(stub.session(created.id), paid=False)
     result = gateway.parse_event(*sign_event(event, SECRET))
     assert isinstance(result, CheckoutCompleted)
     assert result.payment_status == "unpaid"
 
 
-def test_refund_events_are_cumulative(stub: StripeStub, gateway: StripeGateway) -> None:
-    created = gateway.create_checkout_session(**CHECKOUT)
+async def test_refund_events_are_cumulative(stub: StripeStub, gateway: StripeGateway) -> None:
+    created = await gateway.create_checkout_session_async(**CHECKOUT)
     intent = stub.complete_session(created.id)["payment_intent"]
     first = gateway.parse_event(*sign_event(stub.refund(intent, 333), SECRET))
     second = gateway.parse_event(*sign_event(stub.refund(intent), SECRET))
@@ -382,13 +382,13 @@ class _Receiver:
         self.thread.join(5)
 
 
-def test_checkout_page_pays_and_delivers_the_webhook(
+async def test_checkout_page_pays_and_delivers_the_webhook(
     stub: StripeStub, gateway: StripeGateway
 ) -> None:
     receiver = _Receiver(gateway)
     try:
         stub.webhook_url, stub.webhook_secret = receiver.url, SECRET
-        created = gateway.create_checkout_session(**CHECKOUT)
+        created = await gateway.create_checkout_session_async(**CHECKOUT)
         page = httpx.get(created.url)
         assert page.status_code == 200
         assert "Pay" in page.text and "9.99 USD" in page.text

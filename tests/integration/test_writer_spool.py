@@ -33,6 +33,7 @@ from devtools.pg import ClusterFactory, PgCluster
 from litellm_credits import errors
 from litellm_credits.ledger import Ledger
 from litellm_credits.reconcile import format_report, reconcile
+from litellm_credits.settlement.record import SettlementRecord
 from litellm_credits.settlement.spool import Spool
 from litellm_credits.settlement.writer import Writer
 from litellm_credits.store.db import Database
@@ -44,22 +45,22 @@ D = Decimal
 
 
 def record(rid: str, user: str = "alice", credits: str = "0.25", *,
-           success: bool = True) -> dict[str, Any]:
-    """A settlement record shaped like settlement.success_record / failure_record."""
-    return {
-        "request_id": rid, "user_id": user, "model": "openai/stand-in-model",
-        "model_group": "chat", "provider": "openai", "api_base": "http://127.0.0.1:9/v1",
-        "power_level": "balanced", "byok_key_id": None, "prompt_tokens": 12,
-        "completion_tokens": 5, "cached_tokens": 0, "total_tokens": 17,
-        "provider_cost_usd": D("0.000022"), "credits_charged": D(credits) if success else D(0),
-        "cost_multiplier": D("1.0"), "latency_ms": 12, "time_to_first_token_ms": None,
-        "success": success, "status_code": 200 if success else 500,
-        "error_type": None if success else "InternalServerError",
-        "error_message": None if success else "upstream said no", "app_id": None,
-        "session_id": None, "request_metadata": {"stream": False},
-        "response_metadata": {"deployment_id": "chat-openai"},
-        "created_at": datetime.now(UTC),
-    }
+           success: bool = True) -> SettlementRecord:
+    """A settlement record shaped like settlement.build.success_record / failure_record."""
+    return SettlementRecord(
+        request_id=rid, user_id=user, model="openai/stand-in-model",
+        model_group="chat", provider="openai", api_base="http://127.0.0.1:9/v1",
+        power_level="balanced", byok_key_id=None, prompt_tokens=12,
+        completion_tokens=5, cached_tokens=0, total_tokens=17,
+        provider_cost_usd=D("0.000022"), credits_charged=D(credits) if success else D(0),
+        cost_multiplier=D("1.0"), latency_ms=12, time_to_first_token_ms=None,
+        success=success, status_code=200 if success else 500,
+        error_type=None if success else "InternalServerError",
+        error_message=None if success else "upstream said no", app_id=None,
+        session_id=None, request_metadata={"stream": False},
+        response_metadata={"deployment_id": "chat-openai"},
+        created_at=datetime.now(UTC),
+    )
 
 
 def rids(n: int, prefix: str = "r") -> list[str]:
@@ -125,7 +126,7 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 20.0,
 
 
 def spooled_ids(spool: Spool) -> list[str]:
-    return [r["request_id"] for path in spool.segments() for r in Spool.read(path)]
+    return [r.request_id for path in spool.segments() for r in Spool.read(path)]
 
 
 @pytest.fixture
@@ -166,8 +167,9 @@ async def test_db_down_spools_then_replay_settles_exactly_once(
         (segment,) = spool.segments()
         assert stat.S_IMODE(segment.stat().st_mode) == 0o600
         on_disk = Spool.read(segment)
-        assert [r["request_id"] for r in on_disk] == ids
-        assert on_disk[0]["credits_charged"] == "0.25"  # Decimal travels as exact text
+        assert [r.request_id for r in on_disk] == ids
+        first_line = json.loads(segment.read_bytes().splitlines()[0])
+        assert first_line["credits_charged"] == "0.25"  # Decimal travels as exact text
         assert spool.depth() == 6
 
         # Replay waits for the database: nothing is lost while it is still down.
@@ -182,7 +184,7 @@ async def test_db_down_spools_then_replay_settles_exactly_once(
 
         # Replaying the very same records again (a crash between settling and deleting
         # the segment) changes nothing: still one row and one debit per request.
-        spool.append(on_disk, str)
+        spool.append(on_disk)
         assert await writer.replay_now() == 6
         assert await writer.replay_now() == 0
         assert counts(url) == (6, 5, D("1.25"), 0)
@@ -281,12 +283,12 @@ async def test_a_torn_last_line_is_skipped(
     grant_and_hold(db_url, "carol", "10", [])
     spool = Spool(tmp_path / "spool")
     ids = rids(3)
-    spool.append([record(rid, "carol") for rid in ids], str)
+    spool.append([record(rid, "carol") for rid in ids])
     (segment,) = spool.segments()
-    torn = json.dumps(record("torn-1", "carol"), default=str)[:57]  # no newline: never acked
+    torn = json.dumps(record("torn-1", "carol").to_json())[:57]  # no newline: never acked
     with segment.open("ab") as fh:
         fh.write(torn.encode())
-    assert [r["request_id"] for r in Spool.read(segment)] == ids
+    assert [r.request_id for r in Spool.read(segment)] == ids
     assert spool.depth() == 3
 
     writer = Writer(Ledger(ledger_db), spool)
@@ -305,7 +307,7 @@ async def test_a_refused_record_is_set_aside_and_the_others_settle(
     writer = Writer(Ledger(ledger_db), spool, replay_interval=3600)
     good = rids(6, "good")
     bad = record("bad-negative", "dave")
-    bad["credits_charged"] = D("-5")  # the database's check refuses it
+    bad = bad.replace(credits_charged=D("-5"))  # the database's check refuses it
     batch = [record(rid, "dave") for rid in good[:3]] + [bad] + [
         record(rid, "dave") for rid in good[3:]]
     for r in batch:
@@ -323,7 +325,7 @@ async def test_a_refused_record_is_set_aside_and_the_others_settle(
     more = rids(3, "more")
     bad2 = record("bad-too-long-user", "x" * 300)
     spool.append([record(more[0], "dave"), bad2, record(more[1], "dave"),
-                  record(more[2], "dave")], str)
+                  record(more[2], "dave")])
     assert await writer.replay_now() == 4
     assert counts(db_url) == (9, 9, D("2.25"), 0)
     assert sorted(p.name.split("-", 1)[1] for p in (spool.directory / "rejected").iterdir()) == [
@@ -337,11 +339,11 @@ async def test_a_damaged_middle_line_does_not_block_the_rest(
     grant_and_hold(db_url, "erin", "10", [])
     spool = Spool(tmp_path / "spool")
     ids = rids(2)
-    spool.append([record(ids[0], "erin")], str)
+    spool.append([record(ids[0], "erin")])
     (segment,) = spool.segments()
     with segment.open("ab") as fh:
         fh.write(b'{"request_id": "half-writ\n')
-    spool.append([record(ids[1], "erin")], str)
+    spool.append([record(ids[1], "erin")])
     writer = Writer(Ledger(ledger_db), spool)
     await writer.replay_now()
     assert counts(db_url)[:2] == (2, 2)
@@ -395,14 +397,14 @@ async def test_a_replayer_does_not_delete_records_another_process_is_appending(
     writer_a = Spool(directory)  # proxy A, still spooling
     spool_b = Spool(directory)  # proxy B, replaying
     ledger = Ledger(ledger_db)
-    writer_a.append([record("a-1", "hal")], str)
+    writer_a.append([record("a-1", "hal")])
 
-    async def settle(batch: list[dict[str, Any]]) -> None:
-        await ledger.settle(batch)
-        writer_a.append([record("a-2", "hal")], str)  # A's next failed batch lands meanwhile
+    async def settle(batch: list[SettlementRecord]) -> None:
+        await ledger.settle([r.to_json() for r in batch])
+        writer_a.append([record("a-2", "hal")])  # A's next failed batch lands meanwhile
 
     await spool_b.replay(settle)  # A's segment is locked while A appends to it: skipped
-    writer_a.append([record("a-2", "hal")], str)
+    writer_a.append([record("a-2", "hal")])
     settled = set(per_request(db_url))
     waiting = set(spooled_ids(Spool(directory)))
     assert {"a-1", "a-2"} <= settled | waiting
@@ -416,7 +418,7 @@ async def test_rejected_records_are_private_too(
         spool = Spool(tmp_path / "spool")
         writer = Writer(Ledger(ledger_db), spool)
         bad = record("private-bad", "jane")
-        bad["credits_charged"] = D("-1")
+        bad = bad.replace(credits_charged=D("-1"))
         writer.submit(bad)
         await writer.flush()
     finally:
@@ -427,7 +429,7 @@ async def test_rejected_records_are_private_too(
 
 def test_spool_files_are_private(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
-    spool.append([record("p-1")], str)
+    spool.append([record("p-1")])
     (segment,) = spool.segments()
     assert stat.S_IMODE(segment.stat().st_mode) == 0o600
 
@@ -457,7 +459,7 @@ async def test_an_outage_while_isolating_a_bad_record_loses_nothing(
     writer = Writer(_DropsAfter(ledger_db, ok=2), spool, replay_interval=3600)
     ids = rids(4, "iso")
     bad = record("iso-bad", "ivy")
-    bad["credits_charged"] = D("-1")
+    bad = bad.replace(credits_charged=D("-1"))
     for r in [record(ids[0], "ivy"), record(ids[1], "ivy"), bad, record(ids[2], "ivy"),
               record(ids[3], "ivy")]:
         writer.submit(r)

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from litellm_credits import errors
+from litellm_credits.admission import Refused
+from litellm_credits.context import RequestContext
 from litellm_credits.identity import (
     Payer,
     check_person_id,
@@ -18,6 +20,9 @@ from litellm_credits.identity import (
     resolve,
     team_account,
 )
+from litellm_credits.settlement.build import failure_record
+from tests.unit.test_admission import Account, admitter, request
+from tests.unit.test_admission import FakeLedger as AdmissionLedger
 
 FLAG = "credits_bill_end_users"
 
@@ -142,3 +147,53 @@ async def test_reserve_without_fallback_propagates() -> None:
     ledger = FakeLedger(set())
     with pytest.raises(errors.AccountNotFound):
         await reserve(ledger, Payer("team:acme", "team"), "req", Decimal(1), None, 60)  # type: ignore[arg-type]
+
+
+# --- the payer on the request path: context, admission, the settlement record ---------
+
+
+def _team_ctx(payer: Payer) -> RequestContext:
+    return RequestContext(request_id="req_t", user_id=payer.account, model_group="chat",
+                          payer=payer)
+
+
+def test_the_payer_travels_in_the_request_context() -> None:
+    who = Payer("team:acme", "team", fallback="alice", member="alice", team_id="acme",
+                key_hash="a" * 64, key_alias="ci")
+    ctx = _team_ctx(who)
+    entry = ctx.to_metadata()
+    assert entry["payer"]["account"] == "team:acme"
+    back = RequestContext.from_metadata(entry)
+    assert back is not None and back.payer == who
+    assert RequestContext.from_metadata(
+        RequestContext(request_id="r", user_id="u").to_metadata()).payer is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("accounts", "billed", "rule"), [
+    ({"team:acme": "50", "alice": "50"}, "team:acme", "team"),
+    ({"alice": "50"}, "alice", "member"),
+])
+async def test_admission_holds_on_the_team_or_its_member_and_the_record_says_which(
+    accounts: dict[str, str], billed: str, rule: str,
+) -> None:
+    ledger = AdmissionLedger({k: Account(Decimal(v)) for k, v in accounts.items()})
+    adm, _ = admitter(ledger)
+    data, _ = request()
+    who = Payer("team:acme", "team", fallback="alice", member="alice", team_id="acme")
+    admission = await adm.admit(data, _team_ctx(who))
+    ctx = admission.context
+    assert ctx.user_id == billed and ledger.holds["req_t"][0] == billed
+    meta = failure_record(ctx, error_type="x", status_code=500, message=None).request_metadata
+    assert meta["payer"] == {"rule": rule, "member": "alice", "team_id": "acme",
+                             "key_hash": None, "key_alias": None}
+
+
+async def test_an_empty_team_wallet_refuses_and_does_not_bill_the_member() -> None:
+    ledger = AdmissionLedger({"team:acme": Account(Decimal(0)), "alice": Account(Decimal(50))})
+    adm, _ = admitter(ledger)
+    data, _ = request()
+    who = Payer("team:acme", "team", fallback="alice", member="alice", team_id="acme")
+    with pytest.raises(Refused) as info:
+        await adm.admit(data, _team_ctx(who))
+    assert info.value.error.http_status == 402
+    assert info.value.context.user_id == "team:acme" and not ledger.holds

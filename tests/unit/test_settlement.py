@@ -7,8 +7,9 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
+from litellm_credits.context import RequestContext
 from litellm_credits.pricing import Price
-from litellm_credits.settlement.record import (
+from litellm_credits.settlement.build import (
     MAX_METADATA_BYTES,
     capped_json,
     compute_charge,
@@ -18,8 +19,8 @@ from litellm_credits.settlement.record import (
 )
 
 PRICE = Price(Decimal("0.000001"), Decimal("0.000002"))
-CTX = {"request_id": "req_1", "user_id": "alice", "power_level": "precision",
-       "multiplier": "1.5", "model_group": "chat", "route_rule": "preferred"}
+CTX = RequestContext(request_id="req_1", user_id="alice", power_level="precision",
+                     multiplier=Decimal("1.5"), model_group="chat", route_rule="preferred")
 
 
 def charge(**kw: object) -> object:
@@ -86,13 +87,13 @@ def test_success_record_has_no_message_content() -> None:
     record = success_record(CTX, slo, provider="anthropic", charge=charge(), byok_key_id=None,
                             app_id="app", session_id=None)
     assert "SECRET" not in str(record)
-    assert record["latency_ms"] == 250 and record["time_to_first_token_ms"] == 100
-    assert record["credits_charged"] == Decimal("0.03")
-    assert record["request_id"] == "req_1" and record["success"] is True
+    assert record.latency_ms == 250 and record.time_to_first_token_ms == 100
+    assert record.credits_charged == Decimal("0.03")
+    assert record.request_id == "req_1" and record.success is True
 
 
 def test_failure_record_is_never_billed() -> None:
     record = failure_record(CTX, error_type="RateLimitError", status_code=429,
                             message="slow down")
-    assert record["success"] is False and record["credits_charged"] == 0
-    assert record["status_code"] == 429 and record["error_type"] == "RateLimitError"
+    assert record.success is False and record.credits_charged == 0
+    assert record.status_code == 429 and record.error_type == "RateLimitError"

@@ -87,16 +87,6 @@ SELECT (created_at AT TIME ZONE 'UTC')::date AS day, coalesce(model, '') AS mode
  GROUP BY 1, 2, 3
  ORDER BY 1 DESC, 8 DESC;
 
--- name: usage_daily_summary
-SELECT day, model, provider, sum(requests)::bigint AS requests,
-       sum(successes)::bigint AS successes, sum(total_tokens)::bigint AS total_tokens,
-       sum(provider_cost_usd) AS provider_cost_usd, sum(credits_charged) AS credits_charged
-  FROM usage_daily_summary
- WHERE (%(user_id)s::text IS NULL OR user_id = %(user_id)s)
-   AND day >= coalesce(%(since)s::date, '-infinity'::date)
- GROUP BY 1, 2, 3
- ORDER BY 1 DESC, 8 DESC;
-
 -- name: refresh_usage_summary
 SELECT refresh_usage_summary();
 
@@ -111,10 +101,6 @@ UPDATE user_credits
        low_balance_threshold = %(low_balance_threshold)s, updated_by = %(by)s
  WHERE user_id = %(user_id)s
 RETURNING user_id, tier, monthly_quota, low_balance_threshold;
-
--- name: ensure_account
-INSERT INTO user_credits (user_id, updated_by) VALUES (%(user_id)s, %(by)s)
-ON CONFLICT (user_id) DO NOTHING;
 
 -- name: power_levels
 SELECT power_level, display_name, description, cost_multiplier, max_latency_ms,
@@ -150,8 +136,3 @@ SELECT id, name, description, credits, price_usd, discount_percentage, badge, so
 SELECT id, name, description, credits, price_usd, discount_percentage, badge, sort_order,
        is_active, stripe_price_id, updated_by, updated_at
   FROM credit_packages ORDER BY sort_order, id;
-
--- name: package
-SELECT id, name, description, credits, price_usd, discount_percentage, badge, sort_order,
-       is_active
-  FROM credit_packages WHERE id = %(id)s;
