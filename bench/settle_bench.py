@@ -4,12 +4,13 @@ Settling one request = one ``llm_usage_log`` row + one usage debit (a chained
 ``credit_transactions`` row and the balance update) + its hold released.
 
 * **writer**: the package's own :class:`~litellm_credits.settlement.writer.Writer` (the
-  background task every proxy runs), fed with records built by the package's
-  ``success_record``; it takes them in batches (``batch_size`` 500, as
-  configured by default) and settles each batch in one transaction through
-  ``Ledger.settle`` (SQL ``settle_usage(jsonb)``). With ``writers`` > 1, that
-  many writers run at once, each in its own process with its own pool, as
-  several proxy processes would.
+  background task every proxy runs), fed with typed
+  :class:`~litellm_credits.settlement.record.SettlementRecord` objects built by
+  :func:`litellm_credits.settlement.build.success_record`; it takes them in
+  batches (``batch_size`` 500, as configured by default) and settles each
+  batch in one transaction through ``Ledger.settle`` (SQL ``settle_usage(jsonb)``).
+  With ``writers`` > 1, that many writers run at once, each in its own process
+  with its own pool, as several proxy processes would.
 * **baseline**: one transaction per request, the way a naive plugin would do
   it: ``debit_user_credits(..., 'usage', request_id)`` + ``INSERT`` of the usage
   row + ``release_hold``, from 16 connections at once (so PostgreSQL can group
@@ -37,9 +38,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.common import level_of, percentile, rnd
+
+if TYPE_CHECKING:
+    from litellm_credits.settlement.record import SettlementRecord
 
 HOLD = Decimal("0.01")
 HOT_USER = "set-hot-0000"  # seeded like everyone else, with prefix "set-hot-"
@@ -68,9 +72,10 @@ VALUES (
 
 
 def make_records(users: list[str], n: int, key_ids: dict[str, int],
-                 seed: int) -> list[dict[str, Any]]:
+                 seed: int) -> list[SettlementRecord]:
     """``n`` settlement records as the hook builds them, for users drawn at random."""
-    from litellm_credits.settlement.record import Charge, success_record
+    from litellm_credits.context import RequestContext
+    from litellm_credits.settlement.build import Charge, success_record
 
     rng = random.Random(seed)
     records = []
@@ -80,8 +85,11 @@ def make_records(users: list[str], n: int, key_ids: dict[str, int],
         level = level_of(int(user[-4:]))
         provider = "openrouter" if level == "eco" else "openai"
         multiplier = {"eco": "0.7", "balanced": "1", "precision": "1.5"}[level]
-        ctx = {"request_id": f"req_{uuid.uuid4().hex}", "user_id": user, "power_level": level,
-               "multiplier": multiplier, "model_group": "chat", "route_rule": "preferred"}
+        ctx = RequestContext(request_id=f"req_{uuid.uuid4().hex}", user_id=user,
+                             model_group="chat", power_level=level,
+                             multiplier=Decimal(multiplier), hold=HOLD,
+                             credits_per_usd=Decimal(10), route=(f"chat-{provider}",),
+                             route_rule="preferred")
         now = time.time()
         slo = {"model_group": "chat", "model_id": f"chat-{provider}",
                "model": f"{provider}-bench-model", "api_base": "http://127.0.0.1:61100/v1",
@@ -97,7 +105,7 @@ def make_records(users: list[str], n: int, key_ids: dict[str, int],
     return records
 
 
-def place_holds(url: str, records: list[dict[str, Any]]) -> None:
+def place_holds(url: str, records: list[SettlementRecord]) -> None:
     """The holds the hook would have placed, in bulk (setup, not timed)."""
     import psycopg
 
@@ -105,16 +113,16 @@ def place_holds(url: str, records: list[dict[str, Any]]) -> None:
         with cur.copy("COPY credit_holds (request_id, user_id, amount, expires_at) "
                       "FROM STDIN") as copy:
             for r in records:
-                copy.write_row((r["request_id"], r["user_id"], HOLD,
+                copy.write_row((r.request_id, r.user_id, HOLD,
                                 datetime(2100, 1, 1, tzinfo=UTC)))
         conn.execute("ANALYZE credit_holds")
 
 
-def check_settled(url: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+def check_settled(url: str, records: list[SettlementRecord]) -> dict[str, Any]:
     """Every request: one usage row, one usage debit, no hold left."""
     import psycopg
 
-    ids = [r["request_id"] for r in records]
+    ids = [r.request_id for r in records]
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT (SELECT count(*) FROM llm_usage_log WHERE request_id = ANY(%(ids)s)),"
@@ -130,7 +138,7 @@ def check_settled(url: str, records: list[dict[str, Any]]) -> dict[str, Any]:
 # -- the writer path ---------------------------------------------------------------------------
 
 
-async def _writer_settle(url: str, records: list[dict[str, Any]], batch_size: int,
+async def _writer_settle(url: str, records: list[SettlementRecord], batch_size: int,
                          flush_ms: int) -> dict[str, Any]:
     from litellm_credits.ledger import Ledger
     from litellm_credits.settlement.spool import Spool
@@ -165,12 +173,10 @@ async def _writer_settle(url: str, records: list[dict[str, Any]], batch_size: in
 def _writer_process(url: str, path: str, batch_size: int, flush_ms: int,
                     start_at: float) -> dict[str, Any]:
     """One writer, as its own process would run it (``python -m bench.settle_bench writer``)."""
-    records = json.loads(Path(path).read_text())
-    for r in records:  # what the hook hands the writer: Decimals and datetimes, not text
-        for k in ("provider_cost_usd", "credits_charged", "cost_multiplier"):
-            if r.get(k) is not None:
-                r[k] = Decimal(r[k])
-        r["created_at"] = datetime.fromisoformat(r["created_at"])
+    from litellm_credits.settlement.record import SettlementRecord
+
+    # What the hook hands the writer: typed records (the file holds their spool form).
+    records = [SettlementRecord.from_json(obj) for obj in json.loads(Path(path).read_text())]
     delay = start_at - time.time()
     if delay > 0:
         time.sleep(delay)
@@ -178,17 +184,15 @@ def _writer_process(url: str, path: str, batch_size: int, flush_ms: int,
     return result
 
 
-def writer_throughput(url: str, records: list[dict[str, Any]], *, writers: int,
+def writer_throughput(url: str, records: list[SettlementRecord], *, writers: int,
                       batch_size: int = 500, flush_ms: int = 50) -> dict[str, Any]:
     """Settle ``records`` with ``writers`` Writer instances, each in its own process."""
-    from litellm_credits.values import json_default
-
     chunks = [records[i::writers] for i in range(writers)]
     with tempfile.TemporaryDirectory(prefix="credits-bench-records-") as tmp:
         paths = []
         for i, chunk in enumerate(chunks):
             path = Path(tmp) / f"chunk{i}.json"
-            path.write_text(json.dumps(chunk, default=json_default))
+            path.write_text(json.dumps([r.to_json() for r in chunk]))
             paths.append(str(path))
         start_at = time.time() + 2.5  # every process loaded and connected by then
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
@@ -228,11 +232,14 @@ def writer_throughput(url: str, records: list[dict[str, Any]], *, writers: int,
 # -- the one-transaction-per-request baseline -------------------------------------------------
 
 
-async def _baseline(url: str, records: list[dict[str, Any]], connections: int) -> dict[str, Any]:
+async def _baseline(url: str, records: list[SettlementRecord],
+                    connections: int) -> dict[str, Any]:
     import psycopg
     from psycopg.types.json import Jsonb
 
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    from litellm_credits.settlement.record import FIELDS
+
+    queue: asyncio.Queue[SettlementRecord] = asyncio.Queue()
     for r in records:
         queue.put_nowait(r)
     conns = [await psycopg.AsyncConnection.connect(url, autocommit=True)
@@ -244,15 +251,15 @@ async def _baseline(url: str, records: list[dict[str, Any]], connections: int) -
                 r = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            params = dict(r, request_metadata=Jsonb(r["request_metadata"]),
-                          response_metadata=Jsonb(r["response_metadata"]))
+            params: dict[str, Any] = {name: getattr(r, name) for name in FIELDS}
+            params.update(request_metadata=Jsonb(dict(r.request_metadata)),
+                          response_metadata=Jsonb(dict(r.response_metadata)))
             async with conn.transaction():
                 await conn.execute(
                     "SELECT * FROM debit_user_credits(%s, %s, 'usage', %s, 'LLM usage')",
-                    (r["user_id"], r["credits_charged"] or Decimal("0.00000001"),
-                     r["request_id"]))
+                    (r.user_id, r.credits_charged or Decimal("0.00000001"), r.request_id))
                 await conn.execute(INSERT_USAGE, params)
-                await conn.execute("SELECT release_hold(%s)", (r["request_id"],))
+                await conn.execute("SELECT release_hold(%s)", (r.request_id,))
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(c) for c in conns))
@@ -336,8 +343,9 @@ async def _batch_cost(url: str, users: list[str], key_ids: dict[str, int],
             await asyncio.to_thread(place_holds, url, [r for b in batches for r in b])
             times = []
             for batch in batches:
+                payload = [r.to_json() for r in batch]  # as the writer hands it over
                 t0 = time.perf_counter()
-                await ledger.settle(batch)
+                await ledger.settle(payload)
                 times.append(time.perf_counter() - t0)
             times.sort()
             median = times[len(times) // 2]
@@ -372,7 +380,7 @@ def preload_history(url: str, users: list[str], n: int, key_ids: dict[str, int] 
         try:
             ledger = Ledger(db)
             for start in range(0, len(records), batch):
-                await ledger.settle(records[start:start + batch])
+                await ledger.settle([r.to_json() for r in records[start:start + batch]])
         finally:
             await db.close()
 
@@ -483,7 +491,7 @@ def run_settle_bench(make_db: Callable[[str], str], encryption_keys: str, *, spr
     # The baseline, on a fresh database too.
     url, users, key_ids = fresh("bench_settle_base")
 
-    def baseline(records: list[dict[str, Any]]) -> dict[str, Any]:
+    def baseline(records: list[SettlementRecord]) -> dict[str, Any]:
         place_holds(url, records)
         run: dict[str, Any] = _run(lambda: _baseline(url, records, BASELINE_CONNECTIONS))
         run["check"] = check_settled(url, records)

@@ -29,7 +29,7 @@ from psycopg.rows import dict_row
 from devtools.pg import PgCluster, port_is_free
 from devtools.proxy import ProxyProcess
 from devtools.upstream import UpstreamGroup
-from litellm_credits.byok.vault import generate_key_entry
+from litellm_credits.byok.masterkeys import generate_key_entry
 from litellm_credits.store import migrate as migrations
 
 REPO = Path(__file__).resolve().parent.parent

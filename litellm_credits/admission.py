@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from litellm_credits import errors, identity, pricing, routing
-from litellm_credits.byok.vault import KeyRowRef, Vault
+from litellm_credits import cost, errors, identity, pricing, routing
+from litellm_credits.byok.refs import KeyRowRef
+from litellm_credits.byok.vault import Vault
 from litellm_credits.context import BYOK_NAME_KEY, LEVEL_KEY, RequestContext, metadata_of
 from litellm_credits.ledger import ByokKeyRef, Reservation
 from litellm_credits.observe import metrics
@@ -113,6 +114,8 @@ class Admitter:
         self._vault = vault
         self._fail_open_spent: dict[str, Decimal] = {}
         self._last_seen: dict[str, tuple[Decimal, str, float]] = {}
+        self._hold_defaults = cost.HoldDefaults(
+            max_output_tokens=runtime.settings.default_max_tokens)
 
     async def admit(self, data: Mapping[str, Any], ctx: RequestContext) -> Admission:
         try:
@@ -131,8 +134,8 @@ class Admitter:
             raise errors.InvalidPowerLevel(
                 f"metadata.power_level {str(requested)[:40]!r} is not eco, balanced or precision")
         snapshot = rt.snapshot
-        base = pricing.to_credits(self._estimate_usd(data, priced), snapshot.credits_per_usd,
-                                  Decimal(1))
+        base = cost.full_credits(self._estimate_usd(data, priced), snapshot.credits_per_usd,
+                                 Decimal(1))
         ctx, hold = await self._hold(ctx, base, requested)  # ctx.user_id: who was held on
         ctx = ctx.replace(power_level=hold.power_level)
         try:
@@ -172,23 +175,22 @@ class Admitter:
         if not priced:
             raise errors.UnpricedModel(
                 f"model {model_group[:100]!r} has no known price, so it cannot be billed; set "
-                "input_cost_per_token/output_cost_per_token on its deployment or add it to "
+                "its LiteLLM cost keys (input_cost_per_token/output_cost_per_token, or "
+                "input_cost_per_image, input_cost_per_second, input_cost_per_character, "
+                "input_cost_per_query for its mode) on its deployment, or add it to "
                 "model_prices in the credits config"
             )
         return priced
 
     def _estimate_usd(self, data: Mapping[str, Any], priced: Sequence[routing.Deployment]
                       ) -> Decimal:
-        """The most this request can cost on any priced deployment of its group."""
-        prompt_tokens = pricing.estimate_prompt_tokens(
-            data.get("messages") or data.get("input") or data.get("prompt"))
-        if data.get("system"):  # Anthropic-style /v1/messages
-            prompt_tokens += pricing.estimate_prompt_tokens(data.get("system"))
-        default_max = self.runtime.settings.default_max_tokens
-        return max(
-            d.price.usd(prompt_tokens, pricing.completion_budget(data, d.price, default_max))
-            for d in priced if d.price is not None
-        )
+        """The most this request can cost on any priced deployment of its group, from the
+        unit prices cached per deployment at catalog build (every mode: tokens, images,
+        seconds, characters, queries); no cost-engine call on the hot path."""
+        request = pricing.hold_request(data)
+        defaults = self._hold_defaults
+        return max(d.price.hold_units().hold_usd(request, defaults)
+                   for d in priced if d.price is not None)
 
     async def _hold(self, ctx: RequestContext, base: Decimal, requested: str | None
                     ) -> tuple[RequestContext, Hold]:

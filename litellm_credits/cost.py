@@ -34,7 +34,10 @@ __all__ = [
     "HoldRequest",
     "UnitPrices",
     "build_catalog",
+    "byok_share",
+    "cache_price_defaults",
     "credits_for_cost",
+    "full_credits",
     "litellm_cost_to_decimal",
     "priced_dimensions",
     "register_model_prices",
@@ -79,17 +82,25 @@ def litellm_cost_to_decimal(x: float) -> Decimal:
     return usd
 
 
+def full_credits(usd: Decimal, credits_per_usd: Decimal, multiplier: Decimal) -> Decimal:
+    """Credits for ``usd``: USD x credits_per_usd x multiplier, quantized once to 1e-8."""
+    full = _EXACT.multiply(_EXACT.multiply(usd, credits_per_usd), multiplier)
+    return full.quantize(CREDIT_QUANTUM, context=_EXACT)
+
+
+def byok_share(full: Decimal, byok_fee_percent: Decimal) -> Decimal:
+    """What a BYOK request pays: ``byok_fee_percent`` of its full credits, quantized."""
+    share = _EXACT.divide(_EXACT.multiply(full, byok_fee_percent), _HUNDRED)
+    return share.quantize(CREDIT_QUANTUM, context=_EXACT)
+
+
 def credits_for_cost(usd: Decimal, credits_per_usd: Decimal, multiplier: Decimal,
                      byok_fee_percent: Decimal | None = None) -> Decimal:
     """Credits charged: USD x credits_per_usd x multiplier, quantized to 1e-8 credits; with a
-    BYOK fee, that percentage of it (the same two steps as ``pricing.to_credits`` +
-    ``pricing.byok_fee``)."""
-    full = _EXACT.multiply(_EXACT.multiply(usd, credits_per_usd), multiplier)
-    full = full.quantize(CREDIT_QUANTUM, context=_EXACT)
-    if byok_fee_percent is None:
-        return full
-    share = _EXACT.divide(_EXACT.multiply(full, byok_fee_percent), _HUNDRED)
-    return share.quantize(CREDIT_QUANTUM, context=_EXACT)
+    BYOK fee, that percentage of it. The one place this arithmetic lives
+    (``pricing.to_credits`` and ``pricing.byok_fee`` are these two steps)."""
+    full = full_credits(usd, credits_per_usd, multiplier)
+    return full if byok_fee_percent is None else byok_share(full, byok_fee_percent)
 
 
 def settled_usd(response_cost: float | None, hold_usd: Decimal, *, has_usage: bool,
@@ -118,6 +129,8 @@ def _details(usage: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
     return value if isinstance(value, Mapping) else None
 
 
+_DETAIL_KEYS: Final = frozenset({"prompt_tokens_details", "completion_tokens_details",
+                                 "cache_read_input_tokens", "cache_creation_input_tokens"})
 _BY_CALL_TYPE: Final[dict[str, str]] = {
     "image_generation": "image", "aimage_generation": "image", "aimage_edit": "image",
     "transcription": "second", "atranscription": "second",
@@ -135,6 +148,14 @@ def priced_dimensions(usage: Mapping[str, Any] | None, call_type: str = "acomple
     which also carries Anthropic's ``cache_creation_input_tokens``/``cache_read_input_tokens``.
     """
     usage = usage or {}
+    extra = _BY_CALL_TYPE.get(call_type)
+    if call_type in ("speech", "aspeech") and speech_by_character:
+        extra = "character"
+    if not usage.keys() & _DETAIL_KEYS:  # plain token usage (most calls): two lookups
+        plain = tuple(name for name, key in (("input", "prompt_tokens"),
+                                             ("output", "completion_tokens"))
+                      if _int(usage, key) > 0)
+        return plain if extra is None else (*plain, extra)
     prompt_d = _details(usage, "prompt_tokens_details")
     completion_d = _details(usage, "completion_tokens_details")
     cache_read = _int(prompt_d, "cached_tokens") or _int(usage, "cache_read_input_tokens")
@@ -149,9 +170,6 @@ def priced_dimensions(usage: Mapping[str, Any] | None, call_type: str = "acomple
         ("input", plain_in), ("cache_read", cache_read), ("cache_creation", cache_creation),
         ("audio_in", audio_in), ("output", plain_out), ("reasoning", reasoning),
         ("audio_out", audio_out)) if qty > 0]
-    extra = _BY_CALL_TYPE.get(call_type)
-    if call_type in ("speech", "aspeech") and speech_by_character:
-        extra = "character"
     if extra is not None:
         found.append(extra)
     return tuple(found)
@@ -349,11 +367,32 @@ def _as_float(value: object, what: str) -> float:
     return as_float
 
 
+_CACHE_KEYS: Final = ("cache_read_input_token_cost", "cache_creation_input_token_cost")
+
+
+def cache_price_defaults(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The cache prices to add to a cost entry so cached prompt tokens are never free by
+    accident: each of ``cache_read_input_token_cost`` / ``cache_creation_input_token_cost``
+    the entry lacks (missing or None) defaults to its ``input_cost_per_token``.
+
+    LiteLLM prices the cache tokens of a custom-priced model it does not know at 0 (its
+    start-up warning says so); billing them at the input price errs on the provider's side
+    of the sheet for reads and below it for Anthropic-style writes, so an operator who knows
+    the real prices declares them (in ``model_info``, ``litellm_params`` or ``model_prices``)
+    and those win. An explicit 0 is the operator's word and is kept.
+    """
+    base = entry.get("input_cost_per_token")
+    if base is None or isinstance(base, bool) or not isinstance(base, (int, float)) or base <= 0:
+        return {}
+    return {key: base for key in _CACHE_KEYS if entry.get(key) is None}
+
+
 def register_model_prices(model_prices: Mapping[str, Mapping[str, object]]) -> None:
     """Register the credits config's ``model_prices`` (model -> LiteLLM cost keys such as
     ``input_cost_per_token``, ``cache_read_input_token_cost``, ``input_cost_per_query``;
     plus optional ``mode`` and ``litellm_provider``) with ``litellm.register_model``, so
-    LiteLLM's engine prices those models the same way as the ones it knows."""
+    LiteLLM's engine prices those models the same way as the ones it knows. Missing cache
+    prices default to the input price (:func:`cache_price_defaults`)."""
     entries: dict[str, dict[str, object]] = {}
     for model, raw in model_prices.items():
         entry: dict[str, object] = {"mode": str(raw.get("mode", "chat"))}
@@ -366,6 +405,7 @@ def register_model_prices(model_prices: Mapping[str, Mapping[str, object]]) -> N
             if "cost" not in key:
                 raise ValueError(f"model_prices.{model}.{key} is not a LiteLLM cost key")
             entry[key] = _as_float(value, f"model_prices.{model}.{key}")
+        entry.update(cache_price_defaults(entry))
         entries[model] = entry
     if entries:
         litellm.register_model(model_cost=entries)

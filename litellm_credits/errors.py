@@ -142,6 +142,13 @@ class VaultError(CreditsError):
 
 
 class VaultNotConfigured(VaultError):
+    """``CREDITS_ENCRYPTION_KEYS`` is unset: BYOK keys can be neither stored nor used.
+
+    503 on every surface (a chat by a user with a stored key, ``POST /credits/keys``):
+    the proxy is missing its configuration, the request itself is fine.
+    """
+
+    http_status = 503
     code = "vault_not_configured"
 
 

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from litellm_credits import errors, routing
+from litellm_credits import cost, errors, pricing, routing
 from litellm_credits.latency import LatencyWindow
 from litellm_credits.ledger import Ledger
-from litellm_credits.pricing import Price, exact, price_for
+from litellm_credits.pricing import Price, exact
 from litellm_credits.settings import Settings, require_database_url
+from litellm_credits.settlement import build as settlement_build
 from litellm_credits.settlement.record import SettlementRecord
 from litellm_credits.settlement.spool import Spool
 from litellm_credits.settlement.writer import Writer
@@ -94,7 +95,7 @@ def deployment_from_config(
         provider=settings.provider_name(str(provider)),
         api_base=params.get("api_base"),
         quality=settings.default_quality_score if quality is None else exact(quality),
-        price=price_for(params, group, settings.model_prices, cost_map),
+        price=pricing.catalog_price(entry, settings.model_prices, cost_map),
     )
 
 
@@ -108,6 +109,52 @@ def build_catalog(
         deployment = deployment_from_config(entry, settings, cost_map)
         catalog.setdefault(deployment.model_group, []).append(deployment)
     return catalog
+
+
+def register_model_prices(settings: Settings) -> None:
+    """Feed ``model_prices`` of the credits config to LiteLLM's cost engine, by the names
+    written there (ConfigError, naming the key, for a price a float cannot hold)."""
+    try:
+        cost.register_model_prices(
+            {name: price.engine_entry() for name, price in settings.model_prices.items()})
+    except ValueError as exc:
+        raise errors.ConfigError(str(exc)) from None
+
+
+def price_engine_entries(model_list: Iterable[Mapping[str, Any]], settings: Settings,
+                         cost_map: Mapping[str, Mapping[str, Any]]
+                         ) -> tuple[dict[str, dict[str, object]], dict[str, dict[str, Any]]]:
+    """Cost entries LiteLLM's engine still lacks for the router's deployments, as
+    (``model_prices``-shaped entries by model name, raw cost-map entries by deployment id):
+
+    * a ``model_prices`` entry written under a model GROUP name applies to the models of that
+      group's deployments that carry no price of their own (LiteLLM prices by model name);
+    * a custom-priced deployment whose cache prices LiteLLM would default to 0 gets them at
+      its input price (``pricing.deployment_cache_defaults``), so cached prompt tokens are
+      never free by accident.
+
+    Entries already in ``cost_map`` are left out, so a refresh re-registers nothing.
+    """
+    by_model: dict[str, dict[str, object]] = {}
+    by_id: dict[str, dict[str, Any]] = {}
+    for entry in model_list:
+        params = entry.get("litellm_params") or {}
+        model = str(params.get("model", ""))
+        by_group = settings.model_prices.get(str(entry.get("model_name", "")))
+        if by_group is not None and model and not pricing.custom_priced(entry):
+            known = cost_map.get(model) or {}
+            if any(known.get(k) != float(v) for k, v in by_group.costs.items()):
+                by_model[model] = by_group.engine_entry()
+        model_id = str((entry.get("model_info") or {}).get("id") or "")
+        registered = cost_map.get(model_id) if model_id else None
+        added = pricing.deployment_cache_defaults(entry, registered)
+        if added and registered is not None:
+            log.warning("deployment %s (%s) declares no cache prices; its cached prompt tokens "
+                        "are billed at its input price (declare cache_read_input_token_cost "
+                        "and cache_creation_input_token_cost in model_info to change that)",
+                        model_id, model)
+            by_id[model_id] = {**registered, **added}
+    return by_model, by_id
 
 
 def _router_model_list() -> list[Mapping[str, Any]]:
@@ -157,6 +204,8 @@ class Runtime:
         self.snapshot = Snapshot(credits_per_usd=settings.credits_per_usd)
         self._model_list = model_list
         self._cost_map = cost_map
+        register_model_prices(settings)
+        settlement_build.set_default_policy(settlement_build.PricingPolicy.of(settings))
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -224,8 +273,21 @@ class Runtime:
 
     # -- configuration snapshots -------------------------------------------------
 
+    def _catalog(self) -> dict[str, list[routing.Deployment]]:
+        """The catalog from the router's model list, after giving LiteLLM's engine the
+        entries it lacks (a no-op once they are there: checked, not re-registered)."""
+        model_list = list(self._model_list())
+        by_model, by_id = price_engine_entries(model_list, self.settings, self._cost_map())
+        if by_model:
+            cost.register_model_prices(by_model)
+        if by_id:
+            import litellm
+
+            litellm.register_model(model_cost=by_id)
+        return build_catalog(model_list, self.settings, self._cost_map())
+
     def refresh_catalog(self) -> None:
-        catalog = build_catalog(self._model_list(), self.settings, self._cost_map())
+        catalog = self._catalog()
         self.snapshot = Snapshot(
             levels=self.snapshot.levels,
             credits_per_usd=self.snapshot.credits_per_usd,
@@ -253,7 +315,7 @@ class Runtime:
             levels={r["power_level"]: routing.level_from_row(r, aliases) for r in levels_rows},
             credits_per_usd=credits_per_usd,
             latency_ms=latency_ms,
-            catalog=build_catalog(self._model_list(), self.settings, self._cost_map()),
+            catalog=self._catalog(),
             loaded_at=time.monotonic(),
         )
         self._fan_out("refresh", lambda o: o.on_refresh(self))

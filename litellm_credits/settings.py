@@ -62,10 +62,20 @@ def default_spool_dir(env: Mapping[str, str] | None = None) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """USD per token for a model LiteLLM cannot price itself."""
+    """Prices (USD) for a model LiteLLM cannot price: ``costs`` holds every LiteLLM cost key
+    as written, registered with LiteLLM's engine at start-up; the two token prices are
+    repeated (0 when absent) for routing's cheapest-first order."""
 
-    input_per_token: Decimal
-    output_per_token: Decimal
+    input_per_token: Decimal = Decimal(0)
+    output_per_token: Decimal = Decimal(0)
+    costs: Mapping[str, Decimal] = field(default_factory=dict)
+    mode: str | None = None
+    litellm_provider: str | None = None
+
+    def engine_entry(self) -> dict[str, object]:
+        """The entry for ``cost.register_model_prices``."""
+        meta = {"mode": self.mode, "litellm_provider": self.litellm_provider}
+        return {**self.costs, **{k: v for k, v in meta.items() if v}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +123,12 @@ class Settings:
     stripe_success_url: str = "http://localhost:4000/credits/ui?purchase=success"
     stripe_cancel_url: str = "http://localhost:4000/credits/ui?purchase=cancelled"
     mount_api: bool = True
+    # Route guard (litellm_credits.guard): families served unbilled at the operator's risk,
+    # and whether pass-through routes are opened (billed from LiteLLM's cost of the response).
+    allow_unbilled_routes: tuple[str, ...] = ()
+    pass_through_billing: bool = False
+    # Zero output tokens with an error or blank finish reason are not billed.
+    zero_completion_insurance: bool = True
 
     def provider_name(self, name: str) -> str:
         """LiteLLM's name for a provider named in power_level_configs."""
@@ -239,7 +255,31 @@ def _mapping(value: Any, key: str) -> dict[Any, Any]:
     return value
 
 
-_PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token")
+_PRICE_META = ("mode", "litellm_provider")
+
+
+def _price(entry: Mapping[Any, Any], key: str) -> ModelPrice:
+    costs: dict[str, Decimal] = {}
+    for name, value in entry.items():
+        if name in _PRICE_META:
+            continue
+        if not isinstance(name, str) or "cost" not in name:
+            refuse_unknown({name: value}, ("input_cost_per_token", "output_cost_per_token",
+                                           "cache_read_input_token_cost",
+                                           "cache_creation_input_token_cost", *_PRICE_META),
+                           f"{key}.")
+        price = to_decimal(value, f"{key}.{name}")
+        if price < 0:
+            raise ConfigError(f"{key}.{name}: prices cannot be negative")
+        costs[str(name)] = price
+    if not costs:
+        raise ConfigError(f"{key} names no price (a LiteLLM cost key such as "
+                          "input_cost_per_token, input_cost_per_query or input_cost_per_second)")
+    meta = {m: _text(entry[m], f"{key}.{m}", Path()) for m in _PRICE_META if m in entry}
+    return ModelPrice(
+        input_per_token=costs.get("input_cost_per_token", Decimal(0)),
+        output_per_token=costs.get("output_cost_per_token", Decimal(0)),
+        costs=costs, mode=meta.get("mode"), litellm_provider=meta.get("litellm_provider"))
 
 
 def _prices(value: Any, key: str, base: Path) -> dict[str, ModelPrice]:
@@ -247,17 +287,23 @@ def _prices(value: Any, key: str, base: Path) -> dict[str, ModelPrice]:
         return {}
     if not isinstance(value, dict):
         raise ConfigError(f"{key} must be a mapping of model name to prices")
-    prices: dict[str, ModelPrice] = {}
     for model, entry in value.items():
         if not isinstance(entry, dict):
             raise ConfigError(f"{key}.{model} must be a mapping")
-        refuse_unknown(entry, _PRICE_KEYS, f"{key}.{model}.")
-        inp = to_decimal(entry.get("input_cost_per_token"), f"{key}.{model}.input")
-        out = to_decimal(entry.get("output_cost_per_token"), f"{key}.{model}.output")
-        if inp < 0 or out < 0:
-            raise ConfigError(f"{key}.{model}: prices cannot be negative")
-        prices[str(model)] = ModelPrice(inp, out)
-    return prices
+    return {str(model): _price(entry, f"{key}.{model}") for model, entry in value.items()}
+
+
+def _names(value: Any, key: str, base: Path) -> tuple[str, ...]:
+    if value is not None and (not isinstance(value, list)
+                              or not all(isinstance(v, str) for v in value)):
+        raise ConfigError(f"{key} must be a list of names, got {value!r}")
+    return tuple(value or ())
+
+
+def _bool(value: Any, key: str, base: Path) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
 
 
 _TIER_KEYS = ("monthly_quota", "low_balance_threshold")
@@ -311,6 +357,9 @@ _SCHEMA: Schema = {
     "reserve_batch_max": ("reserve_batch_max", _int(1, 1000)),
     "spool_dir": ("spool_dir", _path),
     "mount_api": ("mount_api", _flag),
+    "allow_unbilled_routes": ("allow_unbilled_routes", _names),
+    "pass_through_billing": ("pass_through_billing", _bool),
+    "zero_completion_insurance": ("zero_completion_insurance", _bool),
     "pool": {
         "min_size": ("pool_min_size", _int(0, 1000)),
         "max_size": ("pool_max_size", _int(1, 1000)),

@@ -21,7 +21,7 @@ from litellm_credits.api.bodies import (
 )
 from litellm_credits.api.route import new_router
 from litellm_credits.api.services import current
-from litellm_credits.billing.events import to_cents
+from litellm_credits.billing.amounts import to_cents
 from litellm_credits.errors import PaymentError
 from litellm_credits.values import check_user_id, money, parse_amount, parse_signed_amount
 

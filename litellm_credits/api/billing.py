@@ -18,7 +18,7 @@ from litellm_credits.api.bodies import MAX_WEBHOOK_BYTES, PayloadTooLarge, Purch
 from litellm_credits.api.route import new_router
 from litellm_credits.api.services import current
 from litellm_credits.billing.events import ChargeRefunded, CheckoutCompleted
-from litellm_credits.billing.purchases import WebhookOutcome
+from litellm_credits.billing.records import WebhookOutcome
 
 __all__ = ["router"]
 

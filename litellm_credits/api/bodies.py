@@ -2,7 +2,9 @@
 
 Bodies are strict pydantic models (no "5" for 5, unknown fields refused). Money
 is always a JSON string (``"12.50000000"``), never a number, in and out. Size
-caps are checked before LiteLLM's auth or pydantic reads a body.
+caps are checked before LiteLLM's auth or pydantic reads a body, and while the
+body streams in: a chunked upload (no ``Content-Length``) is refused as soon as
+it passes the cap, not after it has been buffered whole.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "check_length",
     "jsonable",
     "plain",
+    "read_capped",
     "require_json_object",
     "window",
 ]
@@ -68,16 +71,36 @@ def check_length(request: Request, limit: int) -> None:
         raise PayloadTooLarge(f"the request body is {size} bytes; the limit is {limit}")
 
 
-async def require_json_object(request: Request) -> None:
+async def read_capped(request: Request, limit: int) -> bytes:
+    """Read the body chunk by chunk, refusing it as soon as it passes ``limit`` bytes.
+
+    A declared ``Content-Length`` over the limit is refused before anything is
+    read. A chunked body is counted as it arrives, so a client streaming
+    megabytes is stopped after ``limit`` bytes instead of being buffered whole
+    (``request.body()`` would read it all first). The body read is cached on the
+    request, so FastAPI, LiteLLM's auth and the route reuse it.
+    """
+    check_length(request, limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body is over {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    # Starlette's own cache for request.body(): everything after us reads this.
+    request._body = body
+    return body
+
+
+def require_json_object(body: bytes) -> None:
     """Refuse a JSON body that is not an object before LiteLLM's auth sees it.
 
     LiteLLM 1.102.4's ``user_api_key_auth`` calls ``.get`` on the parsed body and
     answers a JSON array or string with HTTP 500. Malformed JSON is left to FastAPI
-    (422). The body read here is cached on the request and reused.
+    (422). ``body`` is what :func:`read_capped` read (and cached on the request).
     """
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"the request body is over {MAX_BODY_BYTES} bytes")
     if not body.strip():
         return
     try:

@@ -26,7 +26,7 @@ from litellm_credits import errors
 from litellm_credits.api.bodies import (
     MAX_BODY_BYTES,
     MAX_WEBHOOK_BYTES,
-    check_length,
+    read_capped,
     require_json_object,
 )
 
@@ -38,8 +38,8 @@ _MONEY_FIELDS = frozenset({"amount", "credits", "price_usd", "discount_percentag
 def _status(exc: errors.CreditsError) -> int:
     if isinstance(exc, errors.AccountNotFound):
         return 404  # on the API a missing account is a missing resource, not "pay first"
-    if isinstance(exc, errors.VaultNotConfigured | errors.ConfigError):
-        return 503
+    if isinstance(exc, errors.ConfigError):
+        return 503  # the proxy is misconfigured; the request may succeed once it is fixed
     return exc.http_status
 
 
@@ -92,9 +92,9 @@ class CreditsRoute(APIRoute):
 
         async def handler(request: Request) -> Response:
             try:
-                check_length(request, limit)
+                body = await read_capped(request, limit)
                 if takes_json:
-                    await require_json_object(request)
+                    require_json_object(body)
                 return await original(request)
             except errors.CreditsError as exc:
                 return error_response(exc)

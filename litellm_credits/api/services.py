@@ -16,7 +16,8 @@ import time
 from datetime import UTC, datetime
 
 from litellm_credits import errors
-from litellm_credits.billing.purchases import DbPurchaseStore, Purchases, gateway_from_settings
+from litellm_credits.billing.purchases import Purchases, gateway_from_settings
+from litellm_credits.billing.store import DbPurchaseStore
 from litellm_credits.billing.stripe import StripeGateway
 from litellm_credits.byok.keys import KeyStore
 from litellm_credits.byok.vault import Vault

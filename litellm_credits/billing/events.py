@@ -1,10 +1,13 @@
-"""Stripe's webhook events as typed values, and the money arithmetic of a purchase.
+"""Stripe's webhook events as typed values, decoded from a verified event body.
 
 :func:`decode_event` turns a verified event body into a frozen value
 (:class:`CheckoutCompleted`, :class:`ChargeRefunded` or :class:`IgnoredEvent`):
 money as ``int`` cents and ``Decimal``, never ``float``. It does not check the
 signature; :meth:`litellm_credits.billing.stripe.StripeGateway.parse_event`
-does that first. :func:`to_cents` and :func:`refund_credits` are exact.
+does that first (:mod:`litellm_credits.billing.signature`).
+:func:`validate_user_id` and :func:`validate_credits` are the rules for our
+metadata both ways: what the gateway puts into a checkout and what comes back.
+The arithmetic on the amounts is :mod:`litellm_credits.billing.amounts`.
 
 What crediting must know (see :mod:`litellm_credits.billing.purchases`):
 
@@ -35,14 +38,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from fractions import Fraction
 from typing import Any, Final
 
 from litellm_credits.errors import PaymentError
-from litellm_credits.values import CREDIT_PLACES
 
 __all__ = [
-    "CURRENCY",
     "MAX_BIGINT",
     "MAX_USER_ID_LENGTH",
     "ChargeRefunded",
@@ -50,21 +50,12 @@ __all__ = [
     "IgnoredEvent",
     "WebhookEvent",
     "decode_event",
-    "refund_credits",
-    "require_decimal",
-    "to_cents",
     "validate_credits",
     "validate_user_id",
 ]
 
-#: The one currency packages are sold in (Stripe's lower-case ISO code).
-CURRENCY: Final = "usd"
-#: Credits are computed to as many decimal places as the ledger stores.
-_CREDIT_DIGITS: Final = -int(CREDIT_PLACES.as_tuple().exponent)
 #: Longest ``user_id`` we put into (and accept from) Stripe metadata.
 MAX_USER_ID_LENGTH: Final = 255
-#: Stripe's documented ceiling for an amount: eight digits of minor units.
-MAX_AMOUNT_MINOR_UNITS: Final = 99_999_999
 #: Largest package id (PostgreSQL bigint).
 MAX_BIGINT: Final = 2**63 - 1
 
@@ -141,92 +132,6 @@ class IgnoredEvent:
 
 
 WebhookEvent = CheckoutCompleted | ChargeRefunded | IgnoredEvent
-
-
-# --- money -------------------------------------------------------------------------
-
-
-def require_decimal(value: object, what: str) -> Decimal:
-    if not isinstance(value, Decimal):
-        raise PaymentError(
-            f"{what} must be a decimal.Decimal, not {type(value).__name__} "
-            "(floats cannot represent money exactly)"
-        )
-    if not value.is_finite():
-        raise PaymentError(f"{what} must be a finite number, got {value}")
-    return value
-
-
-def _require_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PaymentError(f"{what} must be an integer, not {type(value).__name__}")
-    return value
-
-
-def to_cents(amount: Decimal) -> int:
-    """A USD price as Stripe's integer cents, exactly: ``Decimal("12.50")`` -> ``1250``.
-
-    A fraction of a cent (``4.999``), a non-positive amount or one above
-    Stripe's 8-digit ceiling raises :class:`PaymentError`.
-    """
-    amount = require_decimal(amount, "price")
-    if amount <= 0:
-        raise PaymentError(f"price must be positive, got {amount}")
-    if amount.adjusted() > 12:  # keeps the arithmetic below far from any rounding
-        raise PaymentError(f"price {amount} is too large")
-    scaled = amount.scaleb(2)  # exact: well within the context precision
-    if scaled != scaled.to_integral_value():
-        raise PaymentError(
-            f"price {amount} USD has a fraction of the smallest currency unit; "
-            "use at most 2 decimal places"
-        )
-    cents = int(scaled)
-    if cents > MAX_AMOUNT_MINOR_UNITS:
-        raise PaymentError(
-            f"price {amount} USD exceeds Stripe's maximum amount "
-            f"({MAX_AMOUNT_MINOR_UNITS} minor units)"
-        )
-    return cents
-
-
-def _quantize_half_even(value: Fraction, places: int) -> Decimal:
-    scaled = value * 10**places
-    quotient, remainder = divmod(scaled.numerator, scaled.denominator)
-    twice = 2 * remainder
-    if twice > scaled.denominator or (twice == scaled.denominator and quotient % 2):
-        quotient += 1
-    sign = 1 if quotient < 0 else 0
-    digits = tuple(int(c) for c in str(abs(quotient)))
-    return Decimal((sign, digits, -places))  # built from a tuple: no context rounding
-
-
-def refund_credits(
-    purchased_credits: Decimal, amount_cents: int, amount_refunded_cents: int
-) -> Decimal:
-    """Credits to take back, cumulatively, after ``amount_refunded_cents`` of
-    ``amount_cents`` were refunded.
-
-    ``purchased * refunded / amount``, computed exactly and rounded to
-    :data:`~litellm_credits.values.CREDIT_PLACES` (half to even). A full refund returns
-    ``purchased_credits`` unchanged; the result never exceeds it and is
-    non-decreasing in ``amount_refunded_cents``, so the ledger can apply
-    ``max(0, refund_credits(...) - already_taken_back)`` on every event.
-    """
-    purchased = require_decimal(purchased_credits, "purchased_credits")
-    if purchased < 0:
-        raise PaymentError(f"purchased_credits must not be negative, got {purchased}")
-    amount = _require_int(amount_cents, "amount_cents")
-    refunded = _require_int(amount_refunded_cents, "amount_refunded_cents")
-    if amount <= 0:
-        raise PaymentError(f"amount_cents must be positive, got {amount}")
-    if not 0 <= refunded <= amount:
-        raise PaymentError(
-            f"amount_refunded_cents must be between 0 and amount_cents ({amount}), got {refunded}"
-        )
-    if refunded == amount:
-        return purchased
-    share = _quantize_half_even(Fraction(purchased) * refunded / amount, _CREDIT_DIGITS)
-    return min(share, purchased)
 
 
 # --- payload mapping -----------------------------------------------------------------

@@ -13,9 +13,10 @@ The HTTP surface parses a request or a verified Stripe event and calls
   back nothing twice.
 
 The database and Stripe are reached through two small protocols,
-:class:`PurchaseStore` and :class:`PaymentGateway`, so the rules are tested
-against in-memory fakes; :class:`DbPurchaseStore` is the real store (named
-queries and the ledger's functions).
+:class:`~litellm_credits.billing.records.PurchaseStore` and
+:class:`~litellm_credits.billing.records.PaymentGateway`, so the rules are
+tested against in-memory fakes; the records they exchange live there too.
+:class:`~litellm_credits.billing.store.DbPurchaseStore` is the real store.
 """
 
 from __future__ import annotations
@@ -27,34 +28,27 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from litellm_credits import errors
-from litellm_credits.billing.events import (
-    CURRENCY,
-    ChargeRefunded,
-    CheckoutCompleted,
-    refund_credits,
-    to_cents,
+from litellm_credits.billing.amounts import CURRENCY, refund_credits, to_cents
+from litellm_credits.billing.events import ChargeRefunded, CheckoutCompleted
+from litellm_credits.billing.records import (
+    Checkout,
+    Package,
+    PaymentGateway,
+    PurchaseStore,
+    WebhookOutcome,
 )
-from litellm_credits.billing.stripe import CheckoutSession, StripeGateway
+from litellm_credits.billing.stripe import StripeGateway
 from litellm_credits.errors import PaymentError
-from litellm_credits.ledger import Ledger, TxResult
 from litellm_credits.settings import Settings
-from litellm_credits.store.db import Database, Row
 from litellm_credits.values import money
 
 __all__ = [
     "CHARGE_LOOKUP_SECONDS",
-    "Checkout",
-    "DbPurchaseStore",
-    "Package",
-    "PaymentGateway",
-    "Purchase",
-    "PurchaseStore",
     "Purchases",
     "StripeNotConfigured",
-    "WebhookOutcome",
     "checkout_idempotency_key",
     "credits_for_payment",
     "gateway_from_settings",
@@ -71,179 +65,6 @@ class StripeNotConfigured(errors.ConfigError):
 
     http_status = 503
     code = "not_configured"
-
-
-# --- typed inputs and results -----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Package:
-    """A credit package as sold: what it gives and what it costs."""
-
-    id: int
-    name: str
-    credits: Decimal
-    price_usd: Decimal
-    is_active: bool
-
-    @classmethod
-    def from_row(cls, row: Row) -> Package:
-        return cls(
-            id=int(row["id"]),
-            name=str(row["name"]),
-            credits=row["credits"],
-            price_usd=row["price_usd"],
-            is_active=bool(row["is_active"]),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Purchase:
-    """A credited purchase, found by its PaymentIntent."""
-
-    transaction_id: int
-    user_id: str
-    credits: Decimal
-
-
-@dataclass(frozen=True, slots=True)
-class Checkout:
-    """A started Checkout Session for one package: send the user to ``url``."""
-
-    url: str
-    session_id: str
-    user_id: str
-    package: Package
-    nonce: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "checkout_url": self.url,
-            "session_id": self.session_id,
-            "user_id": self.user_id,
-            "package_id": self.package.id,
-            "credits": money(self.package.credits),
-            "price_usd": money(self.package.price_usd),
-            "currency": CURRENCY,
-            "nonce": self.nonce,
-        }
-
-
-Status = Literal["credited", "refunded", "duplicate", "pending", "ignored"]
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookOutcome:
-    """What one Stripe event did. Fields that do not apply stay ``None``."""
-
-    status: Status
-    reason: str | None = None
-    user_id: str | None = None
-    credits: Decimal | None = None
-    credits_taken_back: Decimal | None = None
-    credits_taken_back_total: Decimal | None = None
-    transaction_id: int | None = None
-    balance: Decimal | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields that apply, money as exact text."""
-        out: dict[str, Any] = {"status": self.status}
-        for name in ("reason", "user_id", "credits", "credits_taken_back",
-                     "credits_taken_back_total", "transaction_id", "balance"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = money(value) if isinstance(value, Decimal) else value
-        return out
-
-
-# --- what the service needs from the outside ---------------------------------------------
-
-
-class PurchaseStore(Protocol):
-    """Packages, purchases and the two ledger movements of a purchase."""
-
-    async def package(self, package_id: int) -> Package | None: ...
-
-    async def purchase(self, payment_intent_id: str) -> Purchase | None: ...
-
-    async def refunded_usd(self, payment_intent_id: str) -> Decimal: ...
-
-    async def credit_purchase(
-        self, event: CheckoutCompleted, package: Package, credits: Decimal,
-        charge_id: str | None, notes: dict[str, Any],
-    ) -> TxResult: ...
-
-    async def refund(
-        self, event: ChargeRefunded, target: Decimal, amount_usd: Decimal | None
-    ) -> tuple[TxResult, Decimal]: ...
-
-
-class PaymentGateway(Protocol):
-    """The part of :class:`StripeGateway` purchases use."""
-
-    async def create_checkout_session_async(
-        self, *, user_id: str, package_id: int, package_name: str, credits: Decimal,
-        price_usd: Decimal, success_url: str, cancel_url: str, idempotency_key: str,
-    ) -> CheckoutSession: ...
-
-    async def fetch_charge_id_async(self, payment_intent_id: str) -> str | None: ...
-
-
-class DbPurchaseStore:
-    """:class:`PurchaseStore` on the credits database and its ledger functions."""
-
-    def __init__(self, db: Database, ledger: Ledger) -> None:
-        self.db = db
-        self.ledger = ledger
-
-    async def package(self, package_id: int) -> Package | None:
-        row = await self.db.fetchone("api_package", {"id": package_id})
-        return None if row is None else Package.from_row(row)
-
-    async def purchase(self, payment_intent_id: str) -> Purchase | None:
-        row = await self.db.fetchone(
-            "purchase_by_payment_intent", {"payment_intent_id": payment_intent_id}
-        )
-        if row is None:
-            return None
-        return Purchase(transaction_id=int(row["id"]), user_id=str(row["user_id"]),
-                        credits=row["amount"])
-
-    async def refunded_usd(self, payment_intent_id: str) -> Decimal:
-        row = await self.db.fetchone(
-            "api_refunded_usd", {"payment_intent_id": payment_intent_id}
-        )
-        return Decimal(0) if row is None else Decimal(row["refunded_usd"])
-
-    async def credit_purchase(
-        self, event: CheckoutCompleted, package: Package, credits: Decimal,
-        charge_id: str | None, notes: dict[str, Any],
-    ) -> TxResult:
-        return await self.ledger.add_credits(
-            event.user_id,
-            credits,
-            type="purchase",
-            payment_id=event.payment_intent_id,
-            package_id=package.id,
-            amount_usd=Decimal(event.amount_total_cents).scaleb(-2),
-            stripe_event_id=event.event_id,
-            charge_id=charge_id,
-            description=f"Stripe purchase: {package.name}"[:1000],
-            created_by="stripe",
-            metadata=notes,
-        )
-
-    async def refund(
-        self, event: ChargeRefunded, target: Decimal, amount_usd: Decimal | None
-    ) -> tuple[TxResult, Decimal]:
-        assert event.payment_intent_id is not None
-        return await self.ledger.refund_purchase(
-            event.payment_intent_id,
-            target,
-            charge_id=event.charge_id,
-            stripe_event_id=event.event_id,
-            amount_usd=amount_usd,
-        )
 
 
 def gateway_from_settings(settings: Settings) -> StripeGateway:

@@ -6,62 +6,47 @@ This module never touches the database. :class:`StripeGateway`
   (:meth:`~StripeGateway.create_checkout_session_async`) and returns its
   ``id`` and ``url``;
 * looks up a payment's charge (:meth:`~StripeGateway.fetch_charge_id_async`);
-* verifies a webhook's ``Stripe-Signature`` with the ``stripe`` library and
-  turns the event into a typed value (:meth:`~StripeGateway.parse_event`;
+* verifies a webhook's ``Stripe-Signature`` (:mod:`litellm_credits.billing.signature`)
+  and turns the event into a typed value (:meth:`~StripeGateway.parse_event`;
   the values and their rules are :mod:`litellm_credits.billing.events`).
 
-What the money means is decided by :mod:`litellm_credits.billing.purchases`.
+The HTTP client under it is :mod:`litellm_credits.billing.stripe_http`. What
+the money means is decided by :mod:`litellm_credits.billing.purchases`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import math
-import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import stripe
 
+from litellm_credits.billing.amounts import CURRENCY, require_decimal, to_cents
 from litellm_credits.billing.events import (
-    CURRENCY,
     MAX_BIGINT,
-    ChargeRefunded,
-    CheckoutCompleted,
-    IgnoredEvent,
     WebhookEvent,
     decode_event,
-    refund_credits,
-    require_decimal,
-    to_cents,
     validate_credits,
     validate_user_id,
 )
-from litellm_credits.errors import PaymentError, WebhookSignatureError
+from litellm_credits.billing.signature import verify_signature
+from litellm_credits.billing.stripe_http import make_client, validate_api_base, validate_url
+from litellm_credits.errors import PaymentError
 
 __all__ = [
-    "CURRENCY",
-    "ChargeRefunded",
-    "CheckoutCompleted",
+    "MAX_IDEMPOTENCY_KEY_LENGTH",
     "CheckoutSession",
-    "IgnoredEvent",
-    "PaymentError",
     "PaymentProviderError",
     "StripeGateway",
-    "WebhookEvent",
-    "WebhookSignatureError",
-    "refund_credits",
-    "to_cents",
 ]
 
 #: Stripe limits idempotency keys to 255 characters.
 MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
 
-_TIMESTAMP_RE: Final = re.compile(r"[0-9]{1,12}")
 _MAX_METADATA_VALUE: Final = 500  # Stripe's limit per metadata value
 
 
@@ -78,87 +63,6 @@ class CheckoutSession:
 
     id: str
     url: str
-
-
-# --- signatures --------------------------------------------------------------------
-
-
-def _parse_signature_header(header: str) -> int:
-    """Return the header's timestamp; raise if the header is not ``t=..,v1=..``."""
-    timestamps: list[str] = []
-    signatures = 0
-    for part in header.split(","):
-        key, sep, value = part.partition("=")
-        if not sep:
-            continue
-        if key == "t":
-            timestamps.append(value)
-        elif key == "v1" and value:
-            signatures += 1
-    if len(timestamps) != 1 or not _TIMESTAMP_RE.fullmatch(timestamps[0]):
-        raise WebhookSignatureError(
-            "malformed Stripe-Signature header: expected exactly one 't=<unix time>' "
-            "element, as in 't=1700000000,v1=<hex>'"
-        )
-    if not signatures:
-        raise WebhookSignatureError("malformed Stripe-Signature header: no 'v1=' signature in it")
-    return int(timestamps[0])
-
-
-# --- the gateway ---------------------------------------------------------------------
-
-
-class _HttpxClient(stripe.HTTPXClient):
-    """stripe's httpx client, sending the form body as ``content=``.
-
-    stripe 16.1.0 passes its already-encoded body as ``data=<str>``, which
-    httpx 0.28 deprecates (one DeprecationWarning per request).
-    """
-
-    def _get_request_args_kwargs(
-        self, method: str, url: str, headers: Mapping[str, str], post_data: Any
-    ) -> Any:
-        args, kwargs = super()._get_request_args_kwargs(method, url, headers, post_data)
-        data = kwargs.pop("data", None)
-        if isinstance(data, str):
-            kwargs["content"] = data.encode("utf-8")
-        elif isinstance(data, bytes):
-            kwargs["content"] = data
-        elif data:
-            kwargs["data"] = data
-        return [args, kwargs]
-
-
-def _validate_api_base(api_base: str) -> str:
-    parts = urlsplit(api_base)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PaymentError(f"api_base must be an http(s) URL, got {api_base!r}")
-    if parts.path.rstrip("/") or parts.query or parts.fragment:
-        raise PaymentError(
-            f"api_base must be scheme://host[:port] only (the client adds /v1/...), "
-            f"got {api_base!r}"
-        )
-    if parts.scheme == "http":
-        host = parts.hostname
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise PaymentError(
-                "api_base may use plain http only for a loopback host (a local stand-in); "
-                f"the API key would travel unencrypted to {host!r}"
-            )
-    return api_base.rstrip("/")
-
-
-def _validate_url(url: object, what: str) -> str:
-    if not isinstance(url, str):
-        raise PaymentError(f"{what} must be a string")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise PaymentError(f"{what} must be an absolute http(s) URL, got {url!r}")
-    return url
 
 
 class StripeGateway:
@@ -204,13 +108,12 @@ class StripeGateway:
         self._webhook_secret = webhook_secret
         self.tolerance_seconds = tolerance_seconds
         self._clock = clock
-        self.api_base = None if api_base is None else _validate_api_base(api_base)
-        self._http = _HttpxClient(timeout=timeout_seconds, allow_sync_methods=True)
-        self._client = stripe.StripeClient(
+        self.api_base = None if api_base is None else validate_api_base(api_base)
+        self._http, self._client = make_client(
             api_key,
-            base_addresses={"api": self.api_base} if self.api_base else None,
+            self.api_base,
             max_network_retries=max_network_retries,
-            http_client=self._http,
+            timeout_seconds=timeout_seconds,
         )
 
     def __repr__(self) -> str:  # never show the secrets
@@ -278,8 +181,8 @@ class StripeGateway:
                     },
                 }
             ],
-            "success_url": _validate_url(success_url, "success_url"),
-            "cancel_url": _validate_url(cancel_url, "cancel_url"),
+            "success_url": validate_url(success_url, "success_url"),
+            "cancel_url": validate_url(cancel_url, "cancel_url"),
             "metadata": dict(metadata),
             "payment_intent_data": {"metadata": dict(metadata)},
         }
@@ -367,42 +270,15 @@ class StripeGateway:
 
     def verify_signature(self, payload: bytes, signature_header: str | None) -> None:
         """Raise :class:`WebhookSignatureError` unless ``payload`` is signed with
-        this gateway's webhook secret within ``tolerance_seconds`` of now.
-
-        The HMAC is checked by :meth:`stripe.WebhookSignature.verify_header`.
-        The time check is done here and is symmetric: a timestamp more than
-        ``tolerance_seconds`` in the future is refused as well (stripe only
-        refuses old ones).
-        """
-        if not isinstance(payload, bytes | bytearray):
-            raise PaymentError("webhook payload must be the raw request body as bytes")
-        if signature_header is None or not signature_header.strip():
-            raise WebhookSignatureError(
-                "missing Stripe-Signature header: the request was not signed by Stripe"
-            )
-        timestamp = _parse_signature_header(signature_header)
-        try:
-            text = bytes(payload).decode("utf-8")
-        except UnicodeDecodeError:
-            raise WebhookSignatureError(
-                "webhook payload is not valid UTF-8, so its signature cannot be verified"
-            ) from None
-        try:
-            stripe.WebhookSignature.verify_header(
-                text, signature_header, self._webhook_secret, tolerance=None
-            )
-        except stripe.SignatureVerificationError:
-            raise WebhookSignatureError(
-                "bad webhook signature: no v1 signature matches the payload (wrong webhook "
-                "secret, or the body was changed after signing)"
-            ) from None
-        skew = self._clock() - timestamp
-        if abs(skew) > self.tolerance_seconds:
-            when = f"{int(skew)} s ago" if skew > 0 else f"{int(-skew)} s in the future"
-            raise WebhookSignatureError(
-                f"webhook timestamp outside tolerance: signed {when}, tolerance is "
-                f"{self.tolerance_seconds} s (stale or replayed event, or clock skew)"
-            )
+        this gateway's webhook secret within ``tolerance_seconds`` of now
+        (see :mod:`litellm_credits.billing.signature`)."""
+        verify_signature(
+            payload,
+            signature_header,
+            secret=self._webhook_secret,
+            tolerance_seconds=self.tolerance_seconds,
+            clock=self._clock,
+        )
 
     def parse_event(self, payload: bytes, signature_header: str | None) -> WebhookEvent:
         """Verify a webhook and map it to a typed value.

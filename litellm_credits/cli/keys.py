@@ -30,20 +30,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from litellm_credits import errors
-from litellm_credits.byok.keys import (
-    KeyInfo,
-    KeyStore,
-    RotationReport,
+from litellm_credits.byok.keys import KeyStore
+from litellm_credits.byok.masterkeys import ENV_VAR, generate_key_entry
+from litellm_credits.byok.records import KeyInfo
+from litellm_credits.byok.rotation import RotationReport
+from litellm_credits.byok.validate import (
+    MAX_PLAINTEXT_CHARS,
+    InvalidProviderKey,
     check_key_name,
     normalize_provider,
 )
-from litellm_credits.byok.vault import (
-    ENV_VAR,
-    MAX_PLAINTEXT_CHARS,
-    InvalidProviderKey,
-    Vault,
-    generate_key_entry,
-)
+from litellm_credits.byok.vault import Vault
 from litellm_credits.cli.common import AddCommand, Context, Handler, Subparsers, emit, operator
 from litellm_credits.store.db import Database
 from litellm_credits.values import check_user_id

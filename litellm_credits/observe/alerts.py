@@ -6,9 +6,10 @@ How it works (see ``docs/monitoring.md`` for the operator's view):
   or when that is NULL, its tier's ``low_balance_threshold`` from the credits
   config, or else 0 (then only the zero-balance alert applies).
 * **Detection, off the request path.** :func:`install` subscribes the
-  dispatcher to the runtime (``on_batch``, ``on_refresh``). A batch that debited some accounts only
-  adds their user ids to a set; a background task then runs ONE set-based
-  statement for all of them (``credits_claim_balance_alerts`` in
+  dispatcher to the runtime (:meth:`Runtime.subscribe`; it is a
+  :class:`RuntimeObserver` using ``on_batch`` and ``on_refresh``). A batch
+  that debited some accounts only adds their user ids to a set; a background
+  task then runs ONE set-based statement for all of them (``credits_claim_balance_alerts`` in
   ``0004_alerts.sql``). A timer sweep runs the same function over every
   account whose last ledger movement was a debit, which catches refunds,
   admin debits and batches settled by a process that died before checking.
@@ -29,11 +30,9 @@ How it works (see ``docs/monitoring.md`` for the operator's view):
   expires); the ``id`` in the body and the ``X-Credits-Event-Id`` header let
   the receiver drop duplicates.
 
-Signature (like Stripe's)::
-
-    X-Credits-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>
-
-:func:`verify_signature` is the receiver's side, with a timestamp tolerance.
+The body, the signature (like Stripe's, ``X-Credits-Signature``), the one
+POST and the backoff are :mod:`.alert_webhook`; which threshold applies is
+:mod:`.thresholds`. Their public names are re-exported here.
 
 Without a webhook URL (or without a secret) alerts are still detected and
 recorded, with status ``unconfigured``; nothing is sent unsigned.
@@ -43,52 +42,64 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import os
-import random
 import socket
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import httpx
 
 from litellm_credits import errors
 from litellm_credits.observe import metrics
+from litellm_credits.observe.alert_webhook import (
+    ATTEMPT_HEADER,
+    BASE_DELAY_SECONDS,
+    DEFAULT_TOLERANCE_SECONDS,
+    EVENT_ID_HEADER,
+    EVENT_TYPES,
+    MAX_DELAY_SECONDS,
+    SIGNATURE_HEADER,
+    DeliveryResult,
+    backoff_seconds,
+    build_payload,
+    post,
+    sign,
+    verify_signature,
+)
+from litellm_credits.observe.thresholds import threshold_of, tier_thresholds
 from litellm_credits.runtime import Runtime, RuntimeObserver
-from litellm_credits.settings import Settings
 from litellm_credits.settlement.record import SettlementRecord
 from litellm_credits.store.db import Row
-from litellm_credits.values import CREDIT_PLACES, money
 
 __all__ = [
+    "ATTEMPT_HEADER",
+    "BASE_DELAY_SECONDS",
+    "DEFAULT_TOLERANCE_SECONDS",
+    "EVENT_ID_HEADER",
+    "EVENT_TYPES",
+    "MAX_DELAY_SECONDS",
+    "SIGNATURE_HEADER",
     "AlertDispatcher",
+    "DeliveryResult",
+    "backoff_seconds",
     "build_payload",
     "dispatcher_of",
     "install",
     "sign",
+    "threshold_of",
+    "tier_thresholds",
     "verify_signature",
 ]
 
 log = logging.getLogger("litellm_credits.observe.alerts")
 
-SIGNATURE_HEADER = "X-Credits-Signature"
-EVENT_ID_HEADER = "X-Credits-Event-Id"
-ATTEMPT_HEADER = "X-Credits-Delivery-Attempt"
-EVENT_TYPES = {"low_balance": "credits.low_balance", "zero_balance": "credits.zero_balance"}
-
 #: Attempts per alert before it is marked ``failed``.
 MAX_ATTEMPTS = 10
-#: First retry delay; doubled per attempt (with jitter), capped at MAX_DELAY_SECONDS.
-BASE_DELAY_SECONDS = 5.0
-MAX_DELAY_SECONDS = 3600.0
 #: How long one sender owns a claimed alert; longer than one HTTP attempt.
 LEASE_SECONDS = 60
 HTTP_TIMEOUT_SECONDS = 10.0
@@ -103,101 +114,9 @@ DETECT_INTERVAL_SECONDS = 1.0
 CHUNK = 1000
 #: Outbox rows claimed per round.
 CLAIM_LIMIT = 50
-#: Receivers should refuse signatures older than this.
-DEFAULT_TOLERANCE_SECONDS = 300
-
-
-
-# --- signing ----------------------------------------------------------------------------
-
-
-def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The ``X-Credits-Signature`` header value for ``body``."""
-    ts = int(time.time()) if timestamp is None else int(timestamp)
-    digest = hmac.new(secret.encode("utf-8"), f"{ts}.".encode() + body, hashlib.sha256)
-    return f"t={ts},v1={digest.hexdigest()}"
-
-
-def verify_signature(
-    secret: str,
-    body: bytes,
-    header: str | None,
-    *,
-    tolerance: int = DEFAULT_TOLERANCE_SECONDS,
-    now: float | None = None,
-) -> bool:
-    """True when ``header`` is a valid, fresh signature of ``body`` (the receiver's check)."""
-    if not header:
-        return False
-    parts: dict[str, list[str]] = {}
-    for item in header.split(","):
-        key, sep, value = item.strip().partition("=")
-        if sep:
-            parts.setdefault(key, []).append(value)
-    try:
-        ts = int(parts["t"][0])
-    except (KeyError, ValueError):
-        return False
-    current = time.time() if now is None else now
-    if abs(current - ts) > tolerance:
-        return False
-    expected = sign(secret, body, ts).split("v1=", 1)[1]
-    return any(hmac.compare_digest(expected, v) for v in parts.get("v1", []))
-
-
-def _iso(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
-
-
-def _credits(value: Any) -> str | None:
-    return money(Decimal(str(value)).quantize(CREDIT_PLACES)) if value is not None else None
-
-
-def build_payload(row: Mapping[str, Any]) -> bytes:
-    """The JSON body of one alert. Money is exact text, never a JSON number."""
-    kind = str(row["kind"])
-    body = {
-        "id": f"cra_{row['id']}",
-        "type": EVENT_TYPES.get(kind, f"credits.{kind}"),
-        "created": _iso(row.get("created_at")),
-        "data": {
-            "user_id": row["user_id"],
-            "kind": kind,
-            "balance": _credits(row["balance"]),
-            "threshold": _credits(row["threshold"]),
-            "tier": row.get("tier"),
-            "episode_started_at": _iso(row.get("episode")),
-        },
-    }
-    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode("utf-8")
-
-
-def tier_thresholds(settings: Settings) -> dict[str, str]:
-    """``{tier: threshold}`` for the tiers that set one, as exact text for the SQL."""
-    return {
-        name: str(tier.low_balance_threshold)
-        for name, tier in settings.tiers.items()
-        if tier.low_balance_threshold is not None
-    }
-
-
-def backoff_seconds(attempts: int, *, base: float = BASE_DELAY_SECONDS,
-                    cap: float = MAX_DELAY_SECONDS, jitter: float | None = None) -> float:
-    """Delay after ``attempts`` failed attempts: base x 2^(attempts-1), capped, 50-100 %."""
-    raw = min(cap, base * (2.0 ** max(attempts - 1, 0)))
-    factor = (0.5 + random.random() / 2) if jitter is None else jitter  # noqa: S311
-    return max(raw * factor, 0.0)
 
 
 # --- the dispatcher ----------------------------------------------------------------------
-
-
-@dataclass
-class DeliveryResult:
-    alert_id: int
-    ok: bool
-    status: int | None
-    error: str | None
 
 
 @dataclass(eq=False)
@@ -345,22 +264,7 @@ class AlertDispatcher(RuntimeObserver):
     async def send(self, row: Mapping[str, Any]) -> DeliveryResult:
         """One POST of one alert; never raises."""
         assert self.webhook_url and self.secret
-        body = build_payload(row)
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(self.secret, body),
-            EVENT_ID_HEADER: f"cra_{row['id']}",
-            ATTEMPT_HEADER: str(row.get("attempts") or 1),
-        }
-        try:
-            response = await self._http().post(self.webhook_url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            return DeliveryResult(int(row["id"]), False, None,
-                                  f"{type(exc).__name__}: {str(exc)[:200]}")
-        if 200 <= response.status_code < 300:
-            return DeliveryResult(int(row["id"]), True, response.status_code, None)
-        return DeliveryResult(int(row["id"]), False, response.status_code,
-                              f"HTTP {response.status_code}")
+        return await post(self._http(), self.webhook_url, self.secret, row)
 
     async def deliver_due(self) -> int:
         """Claim and send what is due now; returns how many were claimed."""
@@ -440,13 +344,3 @@ def install(runtime: Runtime, **options: Any) -> AlertDispatcher:
     elif not dispatcher.webhook_url:
         log.info("no alerts.webhook_url configured: low-balance alerts are recorded only")
     return runtime.subscribe(dispatcher)
-
-
-def threshold_of(settings: Settings, tier: str, own: Decimal | None) -> Decimal:
-    """The threshold that applies to an account (same rule as the SQL)."""
-    if own is not None:
-        return own
-    configured = settings.tiers.get(tier)
-    if configured is not None and configured.low_balance_threshold is not None:
-        return configured.low_balance_threshold
-    return Decimal(0)

@@ -8,6 +8,7 @@ source of truth for money.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -106,3 +107,59 @@ UNBILLED_SUCCESSES = Counter(
     "Successful calls that never passed the pre-call hook (health checks; anything else is a bug)",
     registry=REGISTRY,
 )
+EARLY_SETTLEMENT_FALLBACKS = Counter(
+    "credits_early_settlement_fallbacks_total",
+    "Served requests settled from LiteLLM's success event (after the response) instead of "
+    "being journaled before it, by reason",
+    ["reason"], registry=REGISTRY,
+)
+STREAMS_CUT_BILLED = Counter(
+    "credits_streams_cut_billed_total",
+    "Streams the provider cut short after text reached the client, billed for that text",
+    registry=REGISTRY,
+)
+ZERO_COST_BILLED_HOLD = Counter(
+    "credits_zero_cost_billed_hold_total",
+    "Served calls with usage, no cache hit and an engine cost of 0 (or none): billed their "
+    "hold instead of 0 (I5); any of these means a price is missing in LiteLLM's engine",
+    ["call_type"],
+    registry=REGISTRY,
+)
+ZERO_COMPLETION_INSURED = Counter(
+    "credits_zero_completion_insured_total",
+    "Calls with zero output tokens and an error or blank finish reason, not billed "
+    "(zero-completion insurance)",
+    ["call_type"],
+    registry=REGISTRY,
+)
+ROUTE_REFUSALS = Counter(
+    "credits_route_refusals_total",
+    "Requests the route guard refused because the plugin cannot bill their route family",
+    ["family"],
+    registry=REGISTRY,
+)
+COST_DRIFT_RATIO = Histogram(
+    "credits_cost_drift_ratio",
+    "Provider-reported cost / the engine's cost of the same usage, per call where the "
+    "provider reports one (OpenRouter's usage.cost); 1 is no drift",
+    ["provider"],
+    buckets=(0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.001, 1.01, 1.05, 1.1, 1.25, 2),
+    registry=REGISTRY,
+)
+COST_DRIFT_USD = Counter(
+    "credits_cost_drift_usd_total",
+    "Sum of |provider-reported cost - engine cost| in USD, per provider",
+    ["provider"],
+    registry=REGISTRY,
+)
+
+
+def cost_drift(provider: str, reported: Decimal, engine: Decimal) -> None:
+    """Note one call's drift (Decimal -> float only here, for Prometheus)."""
+    count(COST_DRIFT_USD, provider, amount=float(abs(reported - engine)))
+    if engine > 0:
+        key = (id(COST_DRIFT_RATIO), (provider,))
+        child = _children.get(key)
+        if child is None:
+            child = _children[key] = COST_DRIFT_RATIO.labels(provider)
+        child.observe(float(reported / engine))

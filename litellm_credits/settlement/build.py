@@ -1,10 +1,13 @@
-"""Builds settlement records from what LiteLLM hands the hook after a call.
+"""Builds settlement records from what LiteLLM reports about a call.
 
-Pure functions, so the money arithmetic is testable without a proxy. The
-charge is recomputed from tokens and Decimal prices; LiteLLM's float
-``response_cost`` is kept only for reference in the response metadata. No
-message content and no secret is ever copied: the request metadata is an
-allow-list of small fields, capped in size.
+Pure functions (apart from counting metrics), so the money arithmetic is testable without a
+proxy. The charge is LiteLLM's own cost for the call, ``slo["response_cost"]`` (every
+pricing dimension its engine knows, the deployment's custom prices included), converted to
+Decimal exactly and multiplied out once (:func:`charge_from_slo`, :mod:`litellm_credits.cost`).
+Rules on top, in order: a cache hit costs 0; zero output tokens with an error or blank finish
+reason cost 0 (zero-completion insurance, a setting); a served call with usage whose engine
+cost is 0 or missing is billed its hold (I5, counted). No message content and no secret is
+ever copied: the metadata are allow-lists of small fields, capped in size.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
+from litellm_credits import cost, pricing
 from litellm_credits.context import RequestContext, metadata_of
+from litellm_credits.observe import metrics
 from litellm_credits.pricing import Price, byok_fee, to_credits
 from litellm_credits.routing import Deployment
 from litellm_credits.settings import Settings
@@ -38,7 +43,34 @@ class Charge:
     provider_cost_usd: Decimal
     full_credits: Decimal  # what the request would cost on a platform key
     credits: Decimal  # what is charged (the BYOK fee when BYOK)
-    priced_from: str
+    priced_from: str  # litellm | hold | cache_hit | insured (| deployment/config/litellm: tokens)
+    dimensions: tuple[str, ...] = ()  # the pricing dimensions the usage had
+    litellm_response_cost: str | None = None  # LiteLLM's float, as its shortest repr
+    insured: bool = False  # zero-completion insurance applied
+    provider_reported_usd: Decimal | None = None  # the provider's own cost (OpenRouter)
+    engine_usd: Decimal | None = None  # the price map's cost of the same usage, beside it
+
+
+@dataclass(frozen=True, slots=True)
+class PricingPolicy:
+    """The settings the charge depends on besides the context."""
+
+    byok_fee_percent: Decimal = Decimal(0)
+    zero_completion_insurance: bool = True
+
+    @classmethod
+    def of(cls, settings: Settings) -> PricingPolicy:
+        return cls(settings.byok_fee_percent, settings.zero_completion_insurance)
+
+
+_default_policy = PricingPolicy()
+
+
+def set_default_policy(policy: PricingPolicy) -> None:
+    """The policy :func:`success_record` uses when its caller passes none (set by the
+    runtime from the settings at start-up)."""
+    global _default_policy
+    _default_policy = policy
 
 
 def compute_charge(
@@ -54,7 +86,9 @@ def compute_charge(
     hold_amount: Decimal,
     cache_hit: bool = False,
 ) -> Charge:
-    """The charge for one served request (I5: never 0 because a price is missing)."""
+    """The charge from token counts and a two-price token formula: the reference that
+    LiteLLM's cost equals for plain token traffic (tests hold settlement to it). Settlement
+    itself prices from LiteLLM's cost (:func:`charge_from_slo`)."""
     if cache_hit:
         return Charge(Decimal(0), Decimal(0), Decimal(0), "cache_hit")
     if price is None:
@@ -64,6 +98,88 @@ def compute_charge(
     full = to_credits(usd, credits_per_usd, multiplier)
     credits = byok_fee(full, byok_fee_percent) if byok else full
     return Charge(usd, full, credits, price.source)
+
+
+# Call types that produce output tokens, where zero output with no proper finish means the
+# client got nothing (embeddings, images, audio, rerank never have output tokens).
+_OUTPUT_CALLS = frozenset({"completion", "acompletion", "text_completion", "atext_completion",
+                           "anthropic_messages", "responses", "aresponses"})
+# Call types whose usage is not in tokens: a served one always consumed something.
+_MEDIA_CALLS = frozenset({"image_generation", "aimage_generation", "aimage_edit", "image_edit",
+                          "speech", "aspeech", "transcription", "atranscription", "rerank",
+                          "arerank"})
+_BLANK_FINISH = frozenset({"", "error", "failed", "cancelled", "incomplete"})
+
+
+def _finish_reason(slo: Mapping[str, Any]) -> str | None:
+    """The response's finish reason (OpenAI ``finish_reason``, Anthropic ``stop_reason``,
+    Responses ``status``), or None when it has none."""
+    response = slo.get("response")
+    if not isinstance(response, Mapping):
+        return None
+    choices = response.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
+        reason = choices[0].get("finish_reason")
+    else:
+        reason = response.get("stop_reason", response.get("status"))
+    return reason if isinstance(reason, str) else None
+
+
+def insured(slo: Mapping[str, Any]) -> bool:
+    """Zero-completion insurance: zero output tokens with an error or blank finish reason."""
+    if str(slo.get("call_type") or "") not in _OUTPUT_CALLS or _int(slo.get("completion_tokens")):
+        return False
+    reason = _finish_reason(slo)
+    return reason is None or reason in _BLANK_FINISH or bool(slo.get("error_str"))
+
+
+def _response_cost(slo: Mapping[str, Any]) -> tuple[float | None, str | None]:
+    raw = slo.get("response_cost")
+    if isinstance(raw, str):
+        text = raw
+        try:
+            raw = float(text)
+        except ValueError:
+            return None, text[:40]
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        return None, None
+    return float(raw), repr(float(raw))
+
+
+def charge_from_slo(slo: Mapping[str, Any], ctx: RequestContext, *, byok: bool,
+                    policy: PricingPolicy) -> Charge:
+    """The charge of a served call from LiteLLM's ``response_cost`` (see the module doc)."""
+    call_type = str(slo.get("call_type") or "")
+    usage = (slo.get("metadata") or {}).get("usage_object")
+    dims = cost.priced_dimensions(usage if isinstance(usage, Mapping) else None, call_type)
+    response_cost, shown = _response_cost(slo)
+    zero = Decimal(0)
+    if slo.get("cache_hit"):
+        return Charge(zero, zero, zero, "cache_hit", dims, shown)
+    if policy.zero_completion_insurance and insured(slo):
+        metrics.count(metrics.ZERO_COMPLETION_INSURED, call_type or "unknown")
+        return Charge(zero, zero, zero, "insured", dims, shown, insured=True)
+    has_usage = (_int(slo.get("prompt_tokens")) > 0 or _int(slo.get("completion_tokens")) > 0
+                 or call_type in _MEDIA_CALLS)
+    try:
+        usd, billed_hold = cost.settled_usd(response_cost, zero, has_usage=has_usage,
+                                            cache_hit=False)
+    except (TypeError, ValueError):  # a negative or non-finite cost: never trusted, never 0
+        usd, billed_hold = zero, True
+    if billed_hold:
+        metrics.count(metrics.ZERO_COST_BILLED_HOLD, call_type or "unknown")
+        full = ctx.hold or zero
+        credits = cost.byok_share(full, policy.byok_fee_percent) if byok else full
+        return Charge(zero, full, credits, "hold", dims, shown)
+    full = cost.full_credits(usd, ctx.credits_per_usd or zero,
+                             ctx.multiplier if ctx.multiplier is not None else Decimal(1))
+    credits = cost.byok_share(full, policy.byok_fee_percent) if byok else full
+    reported = pricing.provider_reported_usd(slo)
+    engine = pricing.engine_cost_usd(slo) if reported is not None else None
+    if reported is not None and engine is not None:
+        metrics.cost_drift(str(slo.get("custom_llm_provider") or "unknown"), reported, engine)
+    return Charge(usd, full, credits, "litellm", dims, shown,
+                  provider_reported_usd=reported, engine_usd=engine)
 
 
 def scrub(text: str | None, secrets: tuple[str, ...] = ()) -> str | None:
@@ -138,17 +254,49 @@ def success_record(
     slo: Mapping[str, Any],
     *,
     provider: str | None,
-    charge: Charge,
+    charge: Charge | None = None,
     byok_key_id: int | None,
     app_id: str | None,
     session_id: str | None,
+    policy: PricingPolicy | None = None,
 ) -> SettlementRecord:
+    """THE builder of a served request's record, for every path that settles one.
+
+    Contract: ``slo`` is LiteLLM's standard logging object, or a stand-in with the same keys
+    (``response_cost``: LiteLLM's float cost for the call - the price; ``call_type``,
+    ``prompt_tokens``, ``completion_tokens``, ``total_tokens``, ``cache_hit``,
+    ``metadata.usage_object``: the usage as LiteLLM logs it; ``response`` with the finish
+    reason, for zero-completion insurance; ``model``, ``model_group``, ``model_id``,
+    ``api_base``, ``custom_llm_provider``, ``hidden_params``, timing fields). Leave
+    ``charge`` None and the charge is priced from ``slo["response_cost"]``
+    (:func:`charge_from_slo`) with ``policy`` (default: the runtime's settings). A path
+    that must bill what a client received passes a ``slo`` whose usage and
+    ``response_cost`` are those of what was received.
+    """
+    if charge is None:
+        charge = charge_from_slo(slo, ctx, byok=byok_key_id is not None,
+                                 policy=policy or _default_policy)
     start, end = slo.get("startTime"), slo.get("endTime")
     first = slo.get("completionStartTime")
     latency = _ms(end - start) if isinstance(start, float) and isinstance(end, float) else None
     ttft = _ms(first - start) if isinstance(first, float) and isinstance(start, float) else None
     prompt = _int(slo.get("prompt_tokens"))
     completion = _int(slo.get("completion_tokens"))
+    response_metadata: dict[str, Any] = {
+        "deployment_id": short(slo.get("model_id")),
+        "full_credits": str(charge.full_credits),
+        "priced_from": charge.priced_from,
+        "priced_dimensions": list(charge.dimensions),
+        "litellm_response_cost": charge.litellm_response_cost,
+        "cache_hit": bool(slo.get("cache_hit")),
+        "status_detail": short(slo.get("error_str")),
+    }
+    if charge.insured:
+        response_metadata["insured"] = True
+    if charge.provider_reported_usd is not None:
+        response_metadata["provider_reported_cost_usd"] = str(charge.provider_reported_usd)
+        response_metadata["engine_cost_usd"] = (None if charge.engine_usd is None
+                                                else str(charge.engine_usd))
     return SettlementRecord(
         request_id=ctx.request_id,
         user_id=ctx.user_id,
@@ -162,7 +310,8 @@ def success_record(
         completion_tokens=completion,
         cached_tokens=cached_tokens_of(slo),
         total_tokens=_int(slo.get("total_tokens")) or prompt + completion,
-        provider_cost_usd=charge.provider_cost_usd,
+        # The column keeps 10 places; the exact engine cost is in response_metadata.
+        provider_cost_usd=charge.provider_cost_usd.quantize(pricing.USD_PLACES),
         credits_charged=charge.credits,
         cost_multiplier=ctx.multiplier if ctx.multiplier is not None else Decimal(1),
         latency_ms=latency,
@@ -171,22 +320,19 @@ def success_record(
         status_code=200,
         app_id=app_id,
         session_id=session_id,
-        request_metadata=capped_json({
+        # Both metadata are fixed allow-lists of short() texts (NUL-free, <= 255 chars),
+        # flags, our own names and Decimal strings: JSON-safe and far below
+        # MAX_METADATA_BYTES as built, so capped_json's round trip is not needed here.
+        request_metadata={
             "litellm_call_id": short(slo.get("litellm_call_id")),
             "end_user": short(slo.get("end_user")),
             "stream": bool(slo.get("stream")),
             "route_rule": ctx.route_rule,
             "call_type": short(slo.get("call_type")),
+            # Ids checked by values.py (no control characters) and a cleaned alias: safe too.
             "payer": payer_entry(ctx),
-        }),
-        response_metadata=capped_json({
-            "deployment_id": short(slo.get("model_id")),
-            "full_credits": str(charge.full_credits),
-            "priced_from": charge.priced_from,
-            "litellm_response_cost": slo.get("response_cost"),
-            "cache_hit": bool(slo.get("cache_hit")),
-            "status_detail": short(slo.get("error_str")),
-        }),
+        },
+        response_metadata=response_metadata,
     )
 
 
@@ -232,7 +378,6 @@ class RecordSource(Protocol):
     settings: Settings
 
     def group(self, model_group: str) -> list[Deployment]: ...
-    def price_of(self, model_group: str, deployment_id: str | None) -> Price | None: ...
 
 
 class AttemptView(Protocol):
@@ -261,22 +406,11 @@ def served(rt: RecordSource, kwargs: Mapping[str, Any], ctx: RequestContext,
             provider = d.provider
     provider = provider or slo.get("custom_llm_provider")
     byok_key_id = state.byok_key_id(provider) if state is not None else None
-    charge = compute_charge(
-        rt.price_of(group, deployment_id),
-        prompt_tokens=int(slo.get("prompt_tokens") or 0),
-        completion_tokens=int(slo.get("completion_tokens") or 0),
-        cached_tokens=cached_tokens_of(slo),
-        credits_per_usd=ctx.credits_per_usd or Decimal(0),
-        multiplier=ctx.multiplier if ctx.multiplier is not None else Decimal(1),
-        byok=byok_key_id is not None,
-        byok_fee_percent=rt.settings.byok_fee_percent,
-        hold_amount=ctx.hold or Decimal(0),
-        cache_hit=bool(slo.get("cache_hit")),
-    )
     headers = (params.get("proxy_server_request") or {}).get("headers") or {}
     app_id, session_id = app_and_session(params.get("metadata") or {}, headers)
-    record = success_record(ctx, slo, provider=provider, charge=charge,
-                            byok_key_id=byok_key_id, app_id=app_id, session_id=session_id)
+    record = success_record(ctx, slo, provider=provider, byok_key_id=byok_key_id,
+                            app_id=app_id, session_id=session_id,
+                            policy=PricingPolicy.of(rt.settings))
     return Served(record, provider, byok_key_id)
 
 

@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from devtools.pg import PgCluster, find_bindir
-from litellm_credits.byok.vault import generate_key_entry
+from litellm_credits.byok.masterkeys import generate_key_entry
 from tests.e2e.plugin_env import (
     PluginEnv,
     chat,

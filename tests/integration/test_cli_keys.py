@@ -16,7 +16,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from litellm_credits.byok.vault import ENV_VAR, KeyRowRef, Vault, generate_key_entry
+from litellm_credits.byok.masterkeys import ENV_VAR, generate_key_entry
+from litellm_credits.byok.refs import KeyRowRef
+from litellm_credits.byok.vault import Vault
 from litellm_credits.cli.main import build_parser
 
 SECRET = "sk-proj-PANGOLIN-x4Rt8Vn2Lq6Zw0Ys-cli-only-d3b9"

@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from devtools.pg import PgCluster
 from devtools.proxy import MASTER_KEY, user_key
 from devtools.stripe_stub import sign_payload
-from litellm_credits.byok.vault import generate_key_entry
+from litellm_credits.byok.masterkeys import generate_key_entry
 from litellm_credits.pricing import (
     Price,
     byok_fee,

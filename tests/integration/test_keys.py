@@ -16,14 +16,12 @@ import psycopg
 import pytest
 
 from litellm_credits import errors
-from litellm_credits.byok.keys import KeyStore, RotationReport
-from litellm_credits.byok.vault import (
-    ENV_VAR,
-    InvalidProviderKey,
-    KeyRowRef,
-    Vault,
-    generate_key_entry,
-)
+from litellm_credits.byok.keys import KeyStore
+from litellm_credits.byok.masterkeys import ENV_VAR, generate_key_entry
+from litellm_credits.byok.refs import KeyRowRef
+from litellm_credits.byok.rotation import RotationReport
+from litellm_credits.byok.validate import InvalidProviderKey
+from litellm_credits.byok.vault import Vault
 from litellm_credits.ledger import Ledger
 from litellm_credits.store.db import Database
 

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from litellm_credits import errors
-from litellm_credits.billing.stripe import refund_credits
+from litellm_credits.billing.amounts import refund_credits
 from litellm_credits.ledger import Ledger
 from litellm_credits.store.db import Database
 

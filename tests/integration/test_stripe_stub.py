@@ -25,13 +25,9 @@ from devtools.stripe_stub import (
     refunded_event,
     sign_event,
 )
-from litellm_credits.billing.stripe import (
-    ChargeRefunded,
-    CheckoutCompleted,
-    PaymentProviderError,
-    StripeGateway,
-    refund_credits,
-)
+from litellm_credits.billing.amounts import refund_credits
+from litellm_credits.billing.events import ChargeRefunded, CheckoutCompleted
+from litellm_credits.billing.stripe import PaymentProviderError, StripeGateway
 
 API_KEY = "sk_test_integration"
 SECRET = "whsec_integration"

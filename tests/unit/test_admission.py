@@ -15,7 +15,7 @@ import pytest
 
 from litellm_credits import errors
 from litellm_credits.admission import Admitter, Refused
-from litellm_credits.byok.vault import KeyRowRef
+from litellm_credits.byok.refs import KeyRowRef
 from litellm_credits.context import RequestContext
 from litellm_credits.ledger import ByokKeyRef, Reservation
 from litellm_credits.pricing import Price

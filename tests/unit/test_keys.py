@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from litellm_credits import errors
-from litellm_credits.byok.keys import check_key_name, normalize_provider
+from litellm_credits.byok.validate import check_key_name, normalize_provider
 
 
 @pytest.mark.parametrize(("given", "expected"), [

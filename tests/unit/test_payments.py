@@ -1,5 +1,5 @@
-"""Unit tests for litellm_credits.billing.stripe and .events: signatures, event mapping,
-money arithmetic.
+"""Unit tests for litellm_credits.billing.stripe, .events, .amounts and .signature:
+signatures, event mapping, money arithmetic.
 
 No network: gateways here either never send a request or point at a closed loopback port.
 """
@@ -18,15 +18,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from devtools.stripe_stub import sign_payload
-from litellm_credits.billing.stripe import (
-    ChargeRefunded,
-    CheckoutCompleted,
-    IgnoredEvent,
-    PaymentProviderError,
-    StripeGateway,
-    refund_credits,
-    to_cents,
-)
+from litellm_credits.billing.amounts import refund_credits, to_cents
+from litellm_credits.billing.events import ChargeRefunded, CheckoutCompleted, IgnoredEvent
+from litellm_credits.billing.stripe import PaymentProviderError, StripeGateway
 from litellm_credits.errors import PaymentError, WebhookSignatureError
 
 SECRET = "whsec_unit_test_secret"

@@ -11,20 +11,15 @@ from typing import Any
 import pytest
 
 from litellm_credits import errors
+from litellm_credits.billing.events import ChargeRefunded, CheckoutCompleted
 from litellm_credits.billing.purchases import (
-    Package,
-    Purchase,
     Purchases,
-    WebhookOutcome,
     checkout_idempotency_key,
     credits_for_payment,
 )
-from litellm_credits.billing.stripe import (
-    ChargeRefunded,
-    CheckoutCompleted,
-    CheckoutSession,
-    PaymentError,
-)
+from litellm_credits.billing.records import Package, Purchase, WebhookOutcome
+from litellm_credits.billing.stripe import CheckoutSession
+from litellm_credits.errors import PaymentError
 from litellm_credits.ledger import TxResult
 
 STARTER = Package(id=1, name="Starter", credits=Decimal("1000"), price_usd=Decimal("10.00"),

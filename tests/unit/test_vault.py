@@ -1,4 +1,5 @@
-"""Unit tests for litellm_credits.byok.vault (BYOK provider-key encryption)."""
+"""Unit tests for litellm_credits.byok.vault and the modules it is built from (master keys,
+key text checks, row references): BYOK provider-key encryption."""
 
 from __future__ import annotations
 
@@ -15,22 +16,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import litellm_credits.byok.masterkeys as masterkeys_module
+import litellm_credits.byok.refs as refs_module
+import litellm_credits.byok.validate as validate_module
 import litellm_credits.byok.vault as vault_module
-from litellm_credits.byok.vault import (
-    ENV_VAR,
-    FORMAT_VERSION,
+from litellm_credits.byok.masterkeys import ENV_VAR, VaultConfigError, generate_key_entry
+from litellm_credits.byok.refs import KeyRowRef
+from litellm_credits.byok.validate import (
     MAX_PLAINTEXT_CHARS,
+    InvalidProviderKey,
+    key_hint,
+    validate_plaintext,
+)
+from litellm_credits.byok.vault import (
+    FORMAT_VERSION,
     MIN_BLOB_BYTES,
     NONCE_BYTES,
     TAG_BYTES,
-    InvalidProviderKey,
-    KeyRowRef,
     Vault,
-    VaultConfigError,
     _aad,
-    generate_key_entry,
-    key_hint,
-    validate_plaintext,
 )
 from litellm_credits.errors import (
     ConfigError,
@@ -772,12 +776,19 @@ def test_os_urandom_nonces_are_used(monkeypatch: pytest.MonkeyPatch, vault: Vaul
     assert blob2[1 : 1 + NONCE_BYTES] == b"\x02" * NONCE_BYTES
 
 
+# The vault is split by concern; a secret may sit in a frame of any of its modules.
+_VAULT_FILES = {
+    module.__file__
+    for module in (vault_module, masterkeys_module, validate_module, refs_module)
+}
+
+
 def _vault_frame_locals(err: BaseException) -> str:
-    """repr of every local of the vault module's frames on err's traceback."""
+    """repr of every local of the vault modules' frames on err's traceback."""
     rendered = []
     tb = err.__traceback__
     while tb is not None:
-        if tb.tb_frame.f_code.co_filename == vault_module.__file__:
+        if tb.tb_frame.f_code.co_filename in _VAULT_FILES:
             rendered.append(repr(tb.tb_frame.f_locals))
         tb = tb.tb_next
     assert rendered, "expected a vault frame on the traceback"
