@@ -1,6 +1,6 @@
 # litellm-credits developer entry points. GNU make; every target bootstraps what it needs.
 #
-#   make install     .venv + package + test deps (+ PostgreSQL, chromium, node via apt when root)
+#   make install     .venv + package + test deps (+ PostgreSQL, PgBouncer, chromium, node via apt when root)
 #   make test        pytest (starts/stops its own throwaway PostgreSQL); PYTEST_ARGS=...
 #   make lint        ruff
 #   make typecheck   mypy --strict on the package
@@ -37,13 +37,13 @@ LITELLM_CONFIG ?= litellm_config.yaml
 # `python -m devtools.pg --help`): an explicit URL wins, else the dev cluster.
 DB_URL_CMD := $(PY) -m devtools.pg database-url --dir $(DEV_PG_DIR) --port $(DEV_PG_PORT) --db $(DEV_DB)
 
-.PHONY: help install postgres browser node test lint typecheck check migrate verify run demo bench \
+.PHONY: help install postgres pgbouncer browser node test lint typecheck check migrate verify run demo bench \
         dev-db dev-db-stop clean
 
 help:
 	@sed -n '1,15s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
-install: $(STAMP) postgres browser node
+install: $(STAMP) postgres pgbouncer browser node
 
 # Re-runs only when the dependency declarations change.
 $(STAMP): pyproject.toml constraints.txt
@@ -78,6 +78,29 @@ postgres:
 	  echo "  Debian/Ubuntu: sudo apt-get install -y postgresql" >&2; \
 	  echo "  elsewhere: install PostgreSQL >= 13 and set PG_BINDIR to the directory with initdb" >&2; \
 	  exit 1; \
+	fi
+
+# Debian's PgBouncer, for the tests that run the plugin and the CLI through a pooler
+# (devtools/pgbouncer.py starts its own on a free port). The package would start a
+# system pgbouncer on 6432; as for Docker builds, a policy-rc.d that answers 101
+# keeps apt from starting any service while it installs. Without root/apt those
+# tests skip and say why.
+pgbouncer:
+	@if command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's pgbouncer for the pooler tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; \
+	    trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
+	  fi; \
+	  apt-get update -qq; $(APT_GET) install pgbouncer >/dev/null; \
+	  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+	    systemctl disable --now pgbouncer >/dev/null 2>&1 || true; \
+	  fi; \
+	else \
+	  echo "note: pgbouncer is missing; the pooler tests will be skipped" \
+	       "(Debian: sudo apt-get install -y pgbouncer)" >&2; \
 	fi
 
 # Debian's Chromium for the credits-page browser test (Playwright drives it; it never

@@ -7,12 +7,18 @@ which fall back to the platform key. The router asks for the next deployment
 before every attempt (:meth:`Attempts.next_deployment`); the success or
 failure event takes the state away (:meth:`Attempts.finish`). States of
 requests that never finish (a client gone mid-call) are dropped after an hour.
+
+It also remembers which requests were settled before their response left the proxy
+(:meth:`Attempts.settled_early`) and what they were charged: the response-headers hook reports
+that charge, and the success event that LiteLLM fires afterwards for the same request builds
+no second record (:meth:`Attempts.take_settled`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 from litellm_credits.admission import Admission
@@ -51,6 +57,8 @@ class Attempts:
 
     def __init__(self) -> None:
         self._states: dict[str, AttemptState] = {}
+        # request id -> (credits charged, when): settled before the response left
+        self._settled: dict[str, tuple[Decimal, float]] = {}
         self._pruned_at = 0.0
 
     def start(self, admission: Admission) -> None:
@@ -63,6 +71,19 @@ class Attempts:
 
     def finish(self, ctx: RequestContext) -> AttemptState | None:
         return self._states.pop(ctx.request_id, None)
+
+    def settled_early(self, ctx: RequestContext, charged: Decimal) -> None:
+        """The request's record is journaled; its later success event must not build another."""
+        self._settled[ctx.request_id] = (charged, time.monotonic())
+
+    def charged(self, ctx: RequestContext) -> Decimal | None:
+        """What a request settled before its response left was charged, if it was."""
+        entry = self._settled.get(ctx.request_id)
+        return entry[0] if entry is not None else None
+
+    def take_settled(self, ctx: RequestContext) -> bool:
+        """True (once) if the request was settled before its response left."""
+        return self._settled.pop(ctx.request_id, None) is not None
 
     def next_deployment(self, ctx: RequestContext, healthy: Sequence[Any]) -> list[Any]:
         """The first deployment of the route that has not failed for this request."""
@@ -104,6 +125,8 @@ class Attempts:
         cutoff = now - STATE_TTL_SECONDS
         for rid in [r for r, s in self._states.items() if s.created < cutoff]:
             del self._states[rid]
+        for rid in [r for r, (_, at) in self._settled.items() if at < cutoff]:
+            del self._settled[rid]
 
 
 def _fallback(fallbacks: Mapping[int, bool], key_id: int) -> bool:

@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from litellm_credits import errors
-from litellm_credits.store.db import Database, Row, from_sqlstate, query
+from litellm_credits.store.db import Database, Row, from_sqlstate
 
 LOCK_NOT_AVAILABLE = "55P03"
 
@@ -113,7 +113,7 @@ class HoldPlacer:
         # a locked account from stalling the sender and everything queued behind it.
         items = json.dumps([r.item() for r, _ in live])
         try:
-            rows = await self.db.bounded(self._many(items))
+            rows = await self.db.fetchall("reserve_many", {"items": items})
         except errors.InvalidInput:
             # The statement as a whole was refused (malformed input slipped past
             # validation): find the culprit by sending each on its own.
@@ -149,11 +149,6 @@ class HoldPlacer:
             task = asyncio.create_task(self._settle_alone(request, future))
             self._retries.add(task)
             task.add_done_callback(self._retries.discard)
-
-    async def _many(self, items: str) -> list[Row]:
-        async with self.db.connection() as conn:
-            cur = await conn.execute(query("reserve_many"), {"items": items})
-            return await cur.fetchall()
 
     async def _settle_alone(self, request: HoldRequest, future: asyncio.Future[Row]) -> None:
         try:

@@ -15,9 +15,21 @@ before every attempt; it answers with the first deployment of the route that
 has not failed for this request, so the level's remaining preferred providers
 are the fallbacks.
 
-After the call, ``async_log_success_event`` (exactly once per request,
-streams included) and ``async_post_call_failure_hook`` (once, when the whole
-request failed) queue one settlement record for the background writer.
+After the call, the record of a served request is built and journaled BEFORE
+the response leaves the proxy (:mod:`~litellm_credits.settlement.journal`), so
+a killed process loses nothing: ``async_post_call_success_hook`` for a
+non-streamed response (the proxy awaits it before it sends the body), and
+``async_post_call_streaming_iterator_hook``, which wraps the stream and sees
+its final chunk before the client does. Both also tell the client the charge
+(``usage.cost``; ``x-credits-charged`` from ``async_post_call_response_headers_hook``,
+which the proxy calls after the success hook for a non-streamed response, before
+the stream for a stream). A stream the provider cuts short after text reached
+the client is billed for that text (see docs/reliability.md, "Streams cut short").
+``async_log_success_event`` (exactly once per request, streams included, after
+the response was sent) settles what the early path could not (other response
+types, a client that hung up mid-stream) and nothing twice; and
+``async_post_call_failure_hook`` (once, when the whole request failed) queues
+the failure record.
 ``async_log_failure_event`` is deliberately not used: LiteLLM fires it for the
 first failed attempt even when a retry then succeeds.
 
@@ -30,13 +42,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
 
-from litellm_credits import context, errors, identity
+from litellm_credits import answered, context, errors, identity
 from litellm_credits.admission import Admitter, Refused
 from litellm_credits.attempts import Attempts
 from litellm_credits.byok.vault import Vault
@@ -44,6 +56,7 @@ from litellm_credits.context import RequestContext
 from litellm_credits.observe import metrics
 from litellm_credits.runtime import Runtime, get_runtime
 from litellm_credits.settlement import build
+from litellm_credits.settlement.record import SettlementRecord
 
 log = logging.getLogger("litellm_credits.hook")
 
@@ -192,6 +205,8 @@ class CreditsHandler(CustomLogger):
         if ctx is None:
             metrics.UNBILLED_SUCCESSES.inc()
             return
+        if self.attempts.take_settled(ctx):
+            return  # journaled before the response left: one record, one bill (I1)
         state = self.attempts.finish(ctx)
         try:
             served = build.served(self.runtime, kwargs, ctx, state)
@@ -200,10 +215,127 @@ class CreditsHandler(CustomLogger):
                           ctx.request_id)
             served = build.Served(build.hold_record(ctx, exc), None, None)
         self.runtime.writer.submit(served.record)
+        self._count_served(ctx, served)
+
+    @staticmethod
+    def _count_served(ctx: RequestContext, served: build.Served) -> None:
         provider = str(served.provider or "unknown")
         metrics.count(metrics.REQUESTS, ctx.power_level or "unknown", provider, "served")
         metrics.count(metrics.BYOK_REQUESTS, "byok" if served.byok_key_id else "platform",
                       provider)
+
+    def _settle_early(self, ctx: RequestContext, kwargs: dict[str, Any],
+                      partial: bool = False) -> SettlementRecord | None:
+        """Build the record and journal it before the response leaves; None if it could not be.
+
+        On None the request is settled from LiteLLM's success event after the response, as
+        before this path existed (logged and counted, never dropped): the attempt state is
+        left in place for it.
+        """
+        try:
+            served = build.served(self.runtime, kwargs, ctx, self.attempts.get(ctx))
+            record = served.record
+            if partial:
+                record = record.replace(response_metadata={
+                    **record.response_metadata, "partial": True, "priced_from_client_view": True})
+            self.runtime.writer.submit_served(record)
+        except OSError as exc:
+            metrics.EARLY_SETTLEMENT_FALLBACKS.labels("journal_error").inc()
+            log.error("cannot journal the settlement of %s before answering (%s); it is "
+                      "settled from the success event instead", ctx.request_id, exc)
+            return None
+        except Exception:  # noqa: BLE001 - the success event still bills it (see docstring)
+            metrics.EARLY_SETTLEMENT_FALLBACKS.labels("build_error").inc()
+            log.exception("cannot build the settlement of %s before answering; it is "
+                          "settled from the success event instead", ctx.request_id)
+            return None
+        self.attempts.finish(ctx)
+        self.attempts.settled_early(ctx, record.credits_charged)
+        self._count_served(ctx, served)
+        return record
+
+    async def async_post_call_success_hook(
+        self, data: dict[str, Any], user_api_key_dict: Any, response: Any
+    ) -> Any:
+        """A non-streamed response before the proxy sends it: journal the record, set usage.cost."""
+        ctx = context.read(data)
+        if ctx is None or not ctx.admitted:
+            return None
+        kwargs = answered.response_event(data, response)
+        if kwargs is None:
+            metrics.EARLY_SETTLEMENT_FALLBACKS.labels("response_type").inc()
+            return None
+        record = self._settle_early(ctx, kwargs)
+        if record is not None:
+            answered.set_usage_cost(getattr(response, "usage", None), record.credits_charged)
+        return None
+
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
+    ) -> AsyncGenerator[Any, None]:
+        """Wrap a stream: journal its record before the client sees the final chunk.
+
+        Chunks are passed on as they come, except one that may be the last (a finish reason
+        or the usage), which is held until the next one arrives: when the stream ends, the
+        record is journaled first and its charge written into the final usage, then the
+        held chunk goes out. If the provider cuts the stream after text reached the client,
+        what reached the client is billed (once), and the error goes on to LiteLLM.
+        """
+        ctx = context.read(request_data)
+        if ctx is None or not ctx.admitted:
+            async for chunk in response:
+                yield chunk
+            return
+        passed: list[Any] = []
+        held: Any = None
+        finish: str | None = None
+        try:
+            async for chunk in response:
+                if not answered.is_chunk(chunk):
+                    yield chunk
+                    continue
+                if held is not None:
+                    passed.append(held)
+                    yield held
+                    held = None
+                if answered.is_final(chunk):
+                    held = chunk
+                    finish = answered.finish_reason_of(chunk) or finish
+                else:
+                    passed.append(chunk)
+                    yield chunk
+        except Exception:
+            if any(answered.has_content(c) for c in passed):
+                self._settle_cut_stream(ctx, request_data, passed)
+            raise
+        if held is not None:
+            self._settle_stream(ctx, request_data, held, finish)
+            yield held
+
+    def _settle_stream(self, ctx: RequestContext, data: dict[str, Any], last: Any,
+                       finish: str | None) -> None:
+        found = answered.stream_event(data, last, finish)
+        if found is None:
+            metrics.EARLY_SETTLEMENT_FALLBACKS.labels("stream_usage").inc()
+            return
+        kwargs, usage = found
+        record = self._settle_early(ctx, kwargs)
+        if record is not None and getattr(last, "usage", None) is not None:
+            answered.set_usage_cost(usage, record.credits_charged)
+
+    def _settle_cut_stream(self, ctx: RequestContext, data: dict[str, Any],
+                           passed: list[Any]) -> None:
+        try:
+            kwargs = answered.partial_event(data, passed)
+        except Exception:  # noqa: BLE001 - then the failure hook logs it unbilled, as before
+            log.exception("cannot count the part of cut stream %s the client received",
+                          ctx.request_id)
+            kwargs = None
+        if kwargs is None:
+            metrics.EARLY_SETTLEMENT_FALLBACKS.labels("cut_stream").inc()
+            return
+        if self._settle_early(ctx, kwargs, partial=True) is not None:
+            metrics.STREAMS_CUT_BILLED.inc()
 
     async def async_post_call_failure_hook(
         self,
@@ -215,6 +347,8 @@ class CreditsHandler(CustomLogger):
         ctx = context.read(request_data)
         if ctx is None or not ctx.admitted:
             return None  # not ours, or refused by our own pre-call hook (already logged)
+        if self.attempts.take_settled(ctx):
+            return None  # a stream cut short: what the client received is already billed
         state = self.attempts.finish(ctx)
         status = getattr(original_exception, "status_code", None)
         self.runtime.writer.submit(build.failed(ctx, request_data, original_exception, state))
@@ -239,6 +373,12 @@ class CreditsHandler(CustomLogger):
         litellm_call_info: dict[str, Any] | None = None,
     ) -> dict[str, str] | None:
         ctx = context.read(data)
-        if ctx is None or ctx.available_after is None:
+        if ctx is None:
             return None
-        return {"x-credits-remaining": format(ctx.available_after, "f")}
+        headers: dict[str, str] = {}
+        if ctx.available_after is not None:
+            headers["x-credits-remaining"] = format(ctx.available_after, "f")
+        charged = self.attempts.charged(ctx)
+        if charged is not None:  # non-streamed: settled in the success hook, just before
+            headers["x-credits-charged"] = format(charged, "f")
+        return headers or None

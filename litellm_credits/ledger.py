@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 
 from litellm_credits import errors
 from litellm_credits.holds import HoldPlacer, HoldRequest
-from litellm_credits.store.db import Database, run
+from litellm_credits.store.db import Database
 from litellm_credits.values import (
     MAX_DESCRIPTION_LENGTH,
     MAX_ID_LENGTH,
@@ -339,15 +339,10 @@ class Ledger:
     ) -> list[dict[str, Any]]:
         """Settle a batch of usage records in one transaction (see settle_usage in SQL)."""
         payload = json.dumps(list(records), default=json_default)
-
-        async def work() -> list[dict[str, Any]]:
-            # One statement in autocommit is one transaction: no BEGIN/COMMIT trips.
-            async with self.db.connection() as conn:
-                return await run(conn, "settle_usage", {"records": payload})
-
+        # One statement, one transaction, one round trip (Database.fetchall).
         # Abandoning a slow batch is safe: the writer spools it, and if the
         # abandoned transaction commits after all, the replay is a no-op (I1).
-        return await self.db.bounded(work(), deadline)
+        return await self.db.fetchall("settle_usage", {"records": payload}, deadline)
 
     async def set_power_level(self, user_id: str, level: str, *, by: str) -> None:
         row = await self.db.fetchone(

@@ -284,13 +284,12 @@ _PROVIDER_COST_HEADER = "llm_provider-x-litellm-response-cost"
 
 def provider_reported_usd(slo: Mapping[str, Any]) -> Decimal | None:
     """The cost the provider itself reported for the call (OpenRouter's ``usage.cost``, which
-    LiteLLM keeps as a response header and which then becomes its ``response_cost``)."""
+    LiteLLM keeps as the response header ``llm_provider-x-litellm-response-cost`` in its
+    hidden params, and which then becomes its ``response_cost``)."""
     hidden = slo.get("hidden_params") or {}
     headers = hidden.get("additional_headers") if isinstance(hidden, Mapping) else None
     value = headers.get(_PROVIDER_COST_HEADER) if isinstance(headers, Mapping) else None
-    if value is None:
-        usage = (slo.get("metadata") or {}).get("usage_object") or {}
-        value = usage.get("cost") if isinstance(usage, Mapping) else None
+    # Not usage_object["cost"]: LiteLLM fills that with its own cost for any provider.
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
     try:

@@ -14,6 +14,8 @@ Checks (see docs/reliability.md):
   usage debit of the same user, with -amount + credits_uncollected = credits_charged.
 * ``debit_has_usage_row``     I1: no usage debit without a successful usage row.
 * ``no_lingering_holds``      no hold past expiry + grace, none of a settled request.
+* ``no_unsettled_holds``      I1: no unexpired hold older than ``stale_hold_seconds``
+  without a usage row (a request served but never settled, or one whose proxy died).
 * ``no_unexplained_negative`` no negative balance without a refund before it.
 
 Nothing here writes; running it against a live database is safe.
@@ -35,6 +37,10 @@ MAX_LIMIT = 1000
 #: The hold sweeper runs every 30 s in each proxy; a hold that expired less
 #: than this long ago may simply not have been swept yet.
 DEFAULT_HOLD_GRACE_SECONDS = 120
+#: A request still holding credits this long after it began is presumed lost
+#: (served and never settled, or its proxy died). Below the default hold TTL
+#: (900 s), so the hold is found before the sweeper deletes it at expiry.
+DEFAULT_STALE_HOLD_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,9 @@ CHECKS: tuple[CheckSpec, ...] = (
               "every usage debit belongs to a successful usage row"),
     CheckSpec("no_lingering_holds", "reconcile_expired_holds", "I3",
               "no hold lingers past its expiry (plus grace) or after its request settled"),
+    CheckSpec("no_unsettled_holds", "reconcile_unsettled_holds", "I1",
+              "no hold older than the stale-hold age without a usage row (a request "
+              "served but never settled, or one whose proxy died mid-request)"),
     CheckSpec("no_unexplained_negative", "reconcile_negative_balance", "I2",
               "no balance below zero without a refund at or before that point"),
 )
@@ -95,6 +104,7 @@ class Report:
     seconds: float
     hold_grace_seconds: int
     failed: list[str] = field(init=False)
+    stale_hold_seconds: int = DEFAULT_STALE_HOLD_SECONDS
 
     def __post_init__(self) -> None:
         self.failed = [c.name for c in self.checks if not c.ok]
@@ -117,6 +127,7 @@ class Report:
             "checks": [c.to_dict() for c in self.checks],
             "totals": {k: _plain(v) for k, v in self.totals.items()},
             "hold_grace_seconds": self.hold_grace_seconds,
+            "stale_hold_seconds": self.stale_hold_seconds,
             "seconds": round(self.seconds, 3),
         }
 
@@ -139,6 +150,7 @@ async def reconcile(
     user_id: str | None = None,
     limit: int = DEFAULT_LIMIT,
     hold_grace_seconds: int = DEFAULT_HOLD_GRACE_SECONDS,
+    stale_hold_seconds: int = DEFAULT_STALE_HOLD_SECONDS,
 ) -> Report:
     """Run every check in one read-only snapshot and return the report."""
     if user_id is not None:
@@ -148,11 +160,14 @@ async def reconcile(
     if (isinstance(hold_grace_seconds, bool) or not isinstance(hold_grace_seconds, int)
             or not 0 <= hold_grace_seconds <= 86400):
         raise errors.InvalidInput("hold grace must be 0 to 86400 seconds")
-    params = {"user_id": user_id, "limit": limit, "grace_seconds": hold_grace_seconds}
+    if (isinstance(stale_hold_seconds, bool) or not isinstance(stale_hold_seconds, int)
+            or not 0 <= stale_hold_seconds <= 86400):
+        raise errors.InvalidInput("stale hold age must be 0 to 86400 seconds")
+    params = {"user_id": user_id, "limit": limit, "grace_seconds": hold_grace_seconds,
+              "stale_seconds": stale_hold_seconds}
     started = time.perf_counter()
     results: list[CheckResult] = []
-    async with db.transaction() as conn:
-        await run(conn, "reconcile_snapshot")
+    async with db.transaction(start="reconcile_snapshot") as conn:
         await run(conn, "reconcile_work_mem")
         for spec in CHECKS:
             t0 = time.perf_counter()
@@ -166,7 +181,8 @@ async def reconcile(
                                        findings, rows, time.perf_counter() - t0))
         totals_rows = await run(conn, "reconcile_totals", params)
     totals = dict(totals_rows[0]) if totals_rows else {}
-    return Report(results, totals, user_id, time.perf_counter() - started, hold_grace_seconds)
+    return Report(results, totals, user_id, time.perf_counter() - started, hold_grace_seconds,
+                  stale_hold_seconds)
 
 
 def format_report(report: Report) -> str:

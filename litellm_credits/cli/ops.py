@@ -2,7 +2,7 @@
 
     migrate [--dry-run]      apply pending schema migrations (or print them)
     verify                   check the schema against the deployment report
-    reconcile [--user U] [--limit N] [--hold-grace SECONDS]
+    reconcile [--user U] [--limit N] [--hold-grace SECONDS] [--stale-hold SECONDS]
                              check the ledger invariants in the data
 
 Exit status of ``verify`` and ``reconcile``: 0 when every check passes, 1
@@ -57,6 +57,7 @@ async def cmd_reconcile(args: argparse.Namespace, ctx: Context) -> int:
         user_id=args.user,
         limit=args.limit,
         hold_grace_seconds=args.hold_grace,
+        stale_hold_seconds=args.stale_hold,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -93,3 +94,8 @@ def register_reconcile(sub: Subparsers, add: AddCommand) -> None:
                    default=reconcile.DEFAULT_HOLD_GRACE_SECONDS, metavar="SECONDS",
                    help="how long past expiry a hold may wait for the sweeper "
                    f"(default {reconcile.DEFAULT_HOLD_GRACE_SECONDS})")
+    p.add_argument("--stale-hold", type=_non_negative,
+                   default=reconcile.DEFAULT_STALE_HOLD_SECONDS, metavar="SECONDS",
+                   help="age after which an unexpired hold without a usage row is a finding "
+                   f"(default {reconcile.DEFAULT_STALE_HOLD_SECONDS}; keep it below "
+                   "hold_ttl_seconds, or the sweeper deletes the evidence first)")

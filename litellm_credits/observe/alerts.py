@@ -116,6 +116,19 @@ CHUNK = 1000
 CLAIM_LIMIT = 50
 
 
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set, at most ``seconds``.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it returns normally when it is cancelled
+    in the same loop turn as the event fires, so the cancellation is lost and a loop
+    built on it never ends (``aclose`` then hung in the test suite on a busy machine).
+    ``asyncio.timeout`` lets the cancellation through.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+
+
 # --- the dispatcher ----------------------------------------------------------------------
 
 
@@ -187,11 +200,19 @@ class AlertDispatcher(RuntimeObserver):
             asyncio.create_task(self._deliver_loop(), name="credits-alerts-deliver"),
         ]
 
-    async def aclose(self) -> None:
-        for task in self._tasks:
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Stop the background tasks; never waits more than ``timeout`` for them."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        if tasks:
+            done, stuck = await asyncio.wait(tasks, timeout=timeout)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved; a loop only ends by cancellation
+            for task in stuck:
+                log.error("alerts: task %s did not stop within %.0f s of being cancelled; "
+                          "left behind", task.get_name(), timeout)
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -235,8 +256,7 @@ class AlertDispatcher(RuntimeObserver):
     async def _detect_loop(self) -> None:
         assert self._detect_wake is not None
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._detect_wake.wait(), self.sweep_seconds)
+            await _wait(self._detect_wake, self.sweep_seconds)
             await asyncio.sleep(self.detect_interval)  # let the next batches join this one
             self._detect_wake.clear()
             try:
@@ -301,8 +321,7 @@ class AlertDispatcher(RuntimeObserver):
     async def _deliver_loop(self) -> None:
         assert self._deliver_wake is not None
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._deliver_wake.wait(), self.poll_seconds)
+            await _wait(self._deliver_wake, self.poll_seconds)
             self._deliver_wake.clear()
             try:
                 while await self.deliver_due() >= CLAIM_LIMIT:

@@ -126,11 +126,18 @@ def _finish_reason(slo: Mapping[str, Any]) -> str | None:
 
 
 def insured(slo: Mapping[str, Any]) -> bool:
-    """Zero-completion insurance: zero output tokens with an error or blank finish reason."""
+    """Zero-completion insurance: zero output tokens with an error or blank finish reason.
+
+    Not for a client that hung up (LiteLLM's ``error_str`` "Client disconnected the
+    request"): the provider processed the prompt on the client's word, so that is billed
+    like any other hang-up."""
     if str(slo.get("call_type") or "") not in _OUTPUT_CALLS or _int(slo.get("completion_tokens")):
         return False
+    error = str(slo.get("error_str") or "")
+    if "client disconnected" in error.lower():
+        return False
     reason = _finish_reason(slo)
-    return reason is None or reason in _BLANK_FINISH or bool(slo.get("error_str"))
+    return reason is None or reason in _BLANK_FINISH or bool(error)
 
 
 def _response_cost(slo: Mapping[str, Any]) -> tuple[float | None, str | None]:

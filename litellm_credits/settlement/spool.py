@@ -15,6 +15,10 @@ replayer reads a file that is still being written or that another replayer
 has. A line that is complete but not JSON (a damaged disk block) is moved to
 ``rejected/`` for an operator instead of blocking the replay forever.
 
+The pre-response journal (:mod:`~litellm_credits.settlement.journal`) keeps its segments in
+``journal/`` in the same format and locking; :meth:`Spool.replay` also settles the ones a dead
+process left there. They are not counted in :meth:`Spool.depth`.
+
 A line is :meth:`SettlementRecord.to_json` as JSON; reading uses
 :meth:`SettlementRecord.from_json`, which also reads the lines older versions
 wrote (the same object, Decimals as text). A line that is JSON but not a
@@ -33,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from litellm_credits.settlement.journal import JOURNAL_DIR
 from litellm_credits.settlement.record import RecordFormatError, SettlementRecord
 
 Record = SettlementRecord
@@ -82,15 +87,20 @@ class Spool:
             data = data[written:]
         os.fsync(fd)
 
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
+    def _fsync_dir(self, directory: Path | None = None) -> None:
+        fd = os.open(directory or self.directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
 
     def segments(self) -> list[Path]:
+        """The spool's own segments (records that waited for the database)."""
         return sorted(self.directory.glob("*.jsonl"))
+
+    def journal_segments(self) -> list[Path]:
+        """Pre-response journal segments (:mod:`~litellm_credits.settlement.journal`)."""
+        return sorted((self.directory / JOURNAL_DIR).glob("*.jsonl"))
 
     def depth(self) -> int:
         """Records waiting in the spool (lines in all segments)."""
@@ -157,7 +167,10 @@ class Spool:
         failing segment in place for the next attempt.
         """
         replayed = 0
-        for path in self.segments():
+        # Journal segments a live writer still appends to are locked, so skipped here; what a
+        # killed process left behind is settled like any spool segment (I1 makes it harmless
+        # if some of it was settled already).
+        for path in sorted(self.segments() + self.journal_segments(), key=lambda p: p.name):
             if path == self._segment:
                 # Close our own segment first so new appends go to a fresh file.
                 self.close_segment()
@@ -168,6 +181,6 @@ class Spool:
                 for start in range(0, len(records), batch_size):
                     await settle(records[start : start + batch_size])
                 path.unlink()
-                self._fsync_dir()
+                self._fsync_dir(path.parent)
                 replayed += len(records)
         return replayed

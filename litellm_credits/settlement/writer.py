@@ -16,6 +16,13 @@ record is kept in ``rejected/`` for an operator, never dropped silently.
 The batch being settled is remembered until it is written, so a shutdown
 spools it too; settling it twice is harmless (I1).
 
+Records of served requests arrive through :meth:`Writer.submit_served` before the response leaves
+the proxy: one line appended to the pre-response journal (no fsync; it survives a process
+kill), then the queue. Once a record is settled, spooled or set aside, the journal is told
+(:meth:`Journal.done`) and drops segments that are all done. A sync task fsyncs the journal
+in groups, every ``journal_fsync_seconds`` (1 s by default) from a thread, and retires idle
+segments; nothing on the request path waits for a disk.
+
 Records are :class:`SettlementRecord`; what reaches ``settle_usage`` is each
 record's :meth:`~SettlementRecord.to_json`. The one ``on_batch`` callback is
 given at construction (the runtime's, which fans out to its observers).
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +41,7 @@ from typing import Any
 
 from litellm_credits import errors
 from litellm_credits.ledger import Ledger
+from litellm_credits.settlement.journal import Journal
 from litellm_credits.settlement.record import SettlementRecord
 from litellm_credits.settlement.spool import Spool
 
@@ -66,6 +75,7 @@ class Writer:
         replay_interval: float = 2.0,
         settle_timeout: float | None = None,
         on_batch: BatchCallback | None = None,
+        journal_fsync_seconds: float = 1.0,
     ) -> None:
         self.ledger = ledger
         self.spool = spool
@@ -81,7 +91,9 @@ class Writer:
         self.queue: asyncio.Queue[Record] = asyncio.Queue()
         self.stats = WriterStats()
         self._tasks: list[asyncio.Task[None]] = []
-        self._spool_dirty = bool(spool.segments())
+        self.journal = Journal(spool.directory)
+        self.journal_fsync_seconds = journal_fsync_seconds
+        self._spool_dirty = bool(spool.segments() or spool.journal_segments())
         self._closing = False
         self._outage = False  # spool directly until a replay succeeds
         self._inflight: list[Record] = []
@@ -95,6 +107,18 @@ class Writer:
             return
         self.queue.put_nowait(record)
 
+    def submit_served(self, record: Record) -> None:
+        """Keep the record of a request about to be answered, then queue it.
+
+        One ``os.write`` to the journal (page cache, no fsync): from here on a killed process
+        does not lose it. Raises OSError if the disk refuses; the caller decides what then.
+        """
+        if self._closing or self._outage:
+            self._to_spool([record])  # fsync'd: the database is away anyway
+            return
+        self.journal.write(record)
+        self.queue.put_nowait(record)
+
     @property
     def depth(self) -> int:
         return self.queue.qsize()
@@ -106,6 +130,7 @@ class Writer:
             self._tasks = [
                 asyncio.create_task(self._run(), name="credits-writer"),
                 asyncio.create_task(self._replay_loop(), name="credits-spool-replay"),
+                asyncio.create_task(self._sync_loop(), name="credits-journal-sync"),
             ]
 
     async def close(self, timeout: float = 10.0) -> None:
@@ -121,6 +146,7 @@ class Writer:
                 await asyncio.wait_for(self._settle(pending), timeout)
             except (TimeoutError, errors.CreditsError):
                 self._to_spool(pending)
+        self.journal.close()
 
     def spool_pending(self) -> int:
         """Write whatever is still queued to the spool, synchronously.
@@ -131,6 +157,7 @@ class Writer:
         pending = self._take_inflight() + self._drain_queue()
         if pending:
             self._to_spool(pending)
+        self.journal.close()
         return len(pending)
 
     def _take_inflight(self) -> list[Record]:
@@ -218,6 +245,7 @@ class Writer:
         self.stats.batches += 1
         self.stats.last_batch_size = len(batch)
         self.stats.last_batch_seconds = elapsed
+        self.journal.done(batch)
         for row in results:
             self.stats.outcomes[row["outcome"]] = self.stats.outcomes.get(row["outcome"], 0) + 1
         if self._on_batch is not None:
@@ -243,11 +271,13 @@ class Writer:
         self.stats.rejected += 1
         path = self.spool.set_aside(
             f"{record.request_id[:64]}.json", json.dumps(record.to_json()).encode("utf-8"))
+        self.journal.done([record])
         log.error("settlement record %s was refused by the database; kept in %s",
                   record.request_id, path)
 
     def _to_spool(self, batch: list[Record]) -> None:
         self.spool.append(batch)
+        self.journal.done(batch)
         self.stats.spooled += len(batch)
         self._spool_dirty = True
 
@@ -276,3 +306,28 @@ class Writer:
                 except Exception:  # noqa: BLE001 - retried next round; records stay on disk
                     log.exception("spool replay failed; will retry")
             await asyncio.sleep(self.replay_interval)
+
+    async def _sync_loop(self) -> None:
+        """Group fsync of the journal (for a power loss; a process kill needs none)."""
+        while True:
+            await asyncio.sleep(self.journal_fsync_seconds)
+            try:
+                self.journal.tick()
+                fd = self.journal.due_for_sync()
+                if fd is not None:
+                    await asyncio.to_thread(_fsync_and_close, fd, self.journal.directory)
+            except OSError as exc:
+                log.error("cannot fsync the settlement journal in %s: %s",
+                          self.journal.directory, exc.strerror)
+
+
+def _fsync_and_close(fd: int, directory: Any) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

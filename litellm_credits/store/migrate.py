@@ -95,7 +95,7 @@ def pending(conninfo: str) -> list[Migration]:
     """Migrations not yet applied, after checking the applied ones are unchanged."""
     migrations = load_migrations()
     try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
             exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
             applied = _applied(conn) if exists and exists[0] else {}
     except psycopg.Error as exc:
@@ -108,7 +108,7 @@ def migrate(conninfo: str) -> list[Migration]:
     migrations = load_migrations()
     done: list[Migration] = []
     try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_ID,))
                 conn.execute(_CREATE_TABLE)

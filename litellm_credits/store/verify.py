@@ -87,7 +87,7 @@ def _seed_rows(conn: psycopg.Connection[Any]) -> int:
 def run_checks(conninfo: str) -> tuple[list[Check], dict[str, bool]]:
     """The verification table, and which support tables exist."""
     try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
             tables = _scalar(
                 conn,
                 "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() "

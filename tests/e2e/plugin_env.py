@@ -267,6 +267,9 @@ class PluginEnv:
             check: bool = True) -> subprocess.CompletedProcess[str]:
         run_env = dict(self.env)
         run_env.update(env or {})
+        # The checkout under test, not whatever the venv's editable install points at.
+        run_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), run_env.get("PYTHONPATH", "")) if p)
         done = subprocess.run([venv_bin("litellm-credits"), *args], input=stdin,
                               capture_output=True, text=True, env=run_env, timeout=60,
                               cwd=str(REPO_ROOT))
@@ -342,10 +345,13 @@ def plugin_env(
     extra_args: Sequence[str] = (),
     label: str = "plugin",
     edit_config: Callable[[dict[str, Any]], None] | None = None,
+    route_url: Callable[[str], str] | None = None,
 ) -> Iterator[PluginEnv]:
     """Start database, stand-ins and one proxy; tear all of them down afterwards.
 
     ``edit_config`` may change the generated LiteLLM config in place before it is written.
+    ``route_url`` maps the module database's name to the URL the proxy and the CLI use
+    (e.g. through a PgBouncer); the test's own connection stays direct.
     Set ``CREDITS_E2E_KEEP=1`` to keep the work directory (proxy log, configs) for a look.
     """
     from litellm_credits.store.migrate import migrate
@@ -371,7 +377,7 @@ def plugin_env(
         cfg_path = work / "credits.yaml"
         cfg_path.write_text(yaml.safe_dump(dict(config or credits_config())))
         env = {
-            "CREDITS_DATABASE_URL": db_url,
+            "CREDITS_DATABASE_URL": route_url(db_name) if route_url else db_url,
             "CREDITS_SPOOL_DIR": str(work / "spool"),
             "CREDITS_CONFIG": str(cfg_path),
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",

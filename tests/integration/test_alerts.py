@@ -54,9 +54,11 @@ async def make_runtime(db_url: str, tmp_path: Path) -> AsyncIterator[RuntimeFact
         return runtime, dispatcher
 
     yield make
-    for runtime, dispatcher in made:
-        await dispatcher.aclose()
-        await runtime.db.close()
+    # Bounded: a close that hangs must fail this test, not stall the suite.
+    async with asyncio.timeout(30):
+        for runtime, dispatcher in made:
+            await dispatcher.aclose()
+            await runtime.db.close()
 
 
 def grant(conn: psycopg.Connection, user: str, amount: str, kind: str = "admin_adjustment") -> None:
@@ -422,3 +424,22 @@ def test_backoff_doubles_and_is_capped() -> None:
     delays = [alerts.backoff_seconds(n, base=5, cap=60, jitter=1.0) for n in range(1, 7)]
     assert delays == [5, 10, 20, 40, 60, 60]
     assert 2.5 <= alerts.backoff_seconds(1, base=5, cap=60) <= 5
+
+
+async def test_close_ends_the_loops_when_a_wake_and_the_cancel_coincide(
+        make_runtime: RuntimeFactory) -> None:
+    """The teardown hang: on Python 3.11 ``asyncio.wait_for`` drops a cancellation that
+    arrives in the same loop turn as the event it waits for, and the loop then never ends.
+    Here the wake (a settled batch, in production) and the close come together."""
+    runtime, dispatcher = await make_runtime()
+    dispatcher.start()
+    await asyncio.sleep(0.05)  # both loops are waiting for their events
+    tasks = list(dispatcher._tasks)
+    assert dispatcher._detect_wake is not None and dispatcher._deliver_wake is not None
+    dispatcher._detect_wake.set()
+    dispatcher._deliver_wake.set()
+    started = time.monotonic()
+    await dispatcher.aclose(timeout=3.0)
+    assert all(t.done() for t in tasks), [t for t in tasks if not t.done()]
+    assert time.monotonic() - started < 3.0
+

@@ -1,6 +1,12 @@
 -- Named queries, referred to by name from Python (litellm_credits.db.query).
 -- Parameters are always bound, never formatted in.
 
+-- name: set_statement_timeout
+-- Lasts until the end of the current transaction, so it survives a transaction-mode
+-- pooler. Bound on the client (SET takes no server-side parameter); db.py sends it in
+-- the same message as a single statement, which makes the two one implicit transaction.
+SET LOCAL statement_timeout = %(credits_statement_timeout_ms)s;
+
 -- name: add_credits
 SELECT success, new_balance, transaction_id
   FROM add_user_credits(%(user_id)s, %(amount)s, %(type)s, %(payment_id)s, %(description)s,

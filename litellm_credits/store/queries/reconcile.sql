@@ -140,6 +140,29 @@ SELECT f.request_id, f.user_id, f.amount, f.problem, f.created_at, f.expires_at,
  ORDER BY f.expires_at, f.request_id
  LIMIT %(limit)s;
 
+-- name: reconcile_unsettled_holds
+-- I1: a hold whose request began more than %(stale_seconds)s ago and still has no
+-- usage row, while the hold is not yet expired (expired ones are the check above).
+-- No request runs that long, so it was served and its settlement never arrived, or
+-- its proxy died mid-request; the database cannot tell those two apart, the proxy
+-- log and the spool's rejected/ folder can. Must be found before the sweeper
+-- deletes the hold at expiry (hold_ttl_seconds, 900 s by default): after that,
+-- nothing in the database remembers the request.
+WITH f AS MATERIALIZED (
+    SELECT h.request_id, h.user_id, h.amount, h.created_at, h.expires_at,
+           floor(extract(epoch FROM now() - h.created_at))::bigint AS age_seconds
+      FROM credit_holds h
+     WHERE (%(user_id)s::text IS NULL OR h.user_id = %(user_id)s)
+       AND h.created_at < now() - make_interval(secs => %(stale_seconds)s)
+       AND h.expires_at >= now() - make_interval(secs => %(grace_seconds)s)
+       AND NOT EXISTS (SELECT 1 FROM llm_usage_log l WHERE l.request_id = h.request_id)
+)
+SELECT f.request_id, f.user_id, f.amount, f.age_seconds, f.created_at, f.expires_at,
+       count(*) OVER () AS findings
+  FROM f
+ ORDER BY f.created_at, f.request_id
+ LIMIT %(limit)s;
+
 -- name: reconcile_negative_balance
 -- Usage never takes a balance below zero (the excess is credits_uncollected);
 -- only a refund of a purchase may. So a negative balance, on the account or
