@@ -1,6 +1,6 @@
 # litellm-credits developer entry points. GNU make; every target bootstraps what it needs.
 #
-#   make install     .venv + package + test deps (+ PostgreSQL, PgBouncer via apt when root)
+#   make install     .venv + package + test deps (+ PostgreSQL, PgBouncer, chromium, node via apt when root)
 #   make test        pytest (starts/stops its own throwaway PostgreSQL); PYTEST_ARGS=...
 #   make lint        ruff
 #   make typecheck   mypy --strict on the package
@@ -37,13 +37,13 @@ LITELLM_CONFIG ?= litellm_config.yaml
 # `python -m devtools.pg --help`): an explicit URL wins, else the dev cluster.
 DB_URL_CMD := $(PY) -m devtools.pg database-url --dir $(DEV_PG_DIR) --port $(DEV_PG_PORT) --db $(DEV_DB)
 
-.PHONY: help install postgres pgbouncer browser test lint typecheck check migrate verify run demo bench \
+.PHONY: help install postgres pgbouncer browser node test lint typecheck check migrate verify run demo bench \
         dev-db dev-db-stop clean
 
 help:
 	@sed -n '1,15s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
-install: $(STAMP) postgres pgbouncer browser
+install: $(STAMP) postgres pgbouncer browser node
 
 # Re-runs only when the dependency declarations change.
 $(STAMP): pyproject.toml constraints.txt
@@ -114,6 +114,19 @@ browser:
 	else \
 	  echo "note: chromium is missing; the browser test will be skipped" \
 	       "(Debian: sudo apt-get install -y chromium)" >&2; \
+	fi
+
+# node + npm for ../shared/tools/litellm-db (LiteLLM's own database in the e2e tests, offline).
+# Without them (or without ../shared) those tests are skipped and say why.
+node:
+	@if command -v node >/dev/null && command -v npm >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's nodejs and npm for the LiteLLM-database tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq; $(APT_GET) install nodejs npm >/dev/null; \
+	else \
+	  echo "note: node/npm are missing; the LiteLLM-database tests will be skipped" \
+	       "(Debian: sudo apt-get install -y nodejs npm)" >&2; \
 	fi
 
 test: install

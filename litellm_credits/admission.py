@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from litellm_credits import cost, errors, pricing, routing
+from litellm_credits import cost, errors, identity, pricing, routing
 from litellm_credits.byok.refs import KeyRowRef
 from litellm_credits.byok.vault import Vault
 from litellm_credits.context import BYOK_NAME_KEY, LEVEL_KEY, RequestContext, metadata_of
@@ -136,7 +136,7 @@ class Admitter:
         snapshot = rt.snapshot
         base = cost.full_credits(self._estimate_usd(data, priced), snapshot.credits_per_usd,
                                  Decimal(1))
-        hold = await self._hold(ctx, base, requested)
+        ctx, hold = await self._hold(ctx, base, requested)  # ctx.user_id: who was held on
         ctx = ctx.replace(power_level=hold.power_level)
         try:
             level = snapshot.levels.get(hold.power_level)
@@ -192,13 +192,17 @@ class Admitter:
         return max(d.price.hold_units().hold_usd(request, defaults)
                    for d in priced if d.price is not None)
 
-    async def _hold(self, ctx: RequestContext, base: Decimal, requested: str | None) -> Hold:
+    async def _hold(self, ctx: RequestContext, base: Decimal, requested: str | None
+                    ) -> tuple[RequestContext, Hold]:
         rt = self.runtime
         try:
-            res = await rt.ledger.reserve(
-                ctx.user_id, ctx.request_id, base, requested, rt.settings.hold_ttl_seconds)
+            # A team without a wallet is held on (and billed to) its member: identity.reserve.
+            held_on, res = await identity.reserve(
+                rt.ledger, ctx.payer or identity.Payer(ctx.user_id, "user"), ctx.request_id,
+                base, requested, rt.settings.hold_ttl_seconds)
+            ctx = ctx.replace(user_id=held_on)
         except errors.DatabaseUnavailable:
-            return self._fail_open(ctx.user_id, base, requested)
+            return ctx, self._fail_open(ctx.user_id, base, requested)
         except errors.AccountNotFound:
             raise errors.AccountNotFound(
                 f"no credit account for user {ctx.user_id}: balance 0, this request needs "
@@ -211,7 +215,7 @@ class Admitter:
         metrics.count(metrics.HOLDS, "placed")
         self._fail_open_spent.pop(ctx.user_id, None)
         self._last_seen[ctx.user_id] = (res.available_after, res.power_level, time.monotonic())
-        return Hold.placed(res)
+        return ctx, Hold.placed(res)
 
     def _fail_open(self, user_id: str, base: Decimal, requested: str | None) -> Hold:
         """Serve a known user on their last seen balance while the database is down."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from litellm_credits.identity import Payer
 from litellm_credits.values import money
 
 CTX = "credits"  # our key in the request metadata; JSON-safe values only, no secrets
@@ -55,6 +56,9 @@ class RequestContext:
     fallbacks: Mapping[int, bool] = field(default_factory=dict)  # key row id -> may fall back
     available_after: Decimal | None = None
     fail_open: bool = False
+    # Who pays and who spends (identity.resolve); user_id is the account actually held on,
+    # which is the payer's member when a team turned out to have no wallet.
+    payer: Payer | None = None
 
     @property
     def admitted(self) -> bool:
@@ -71,6 +75,8 @@ class RequestContext:
             "issued_by": _PROCESS_TOKEN,
             "model_group": self.model_group,
         }
+        if self.payer is not None:
+            entry["payer"] = self.payer.to_metadata()
         if self.power_level is not None:
             entry["power_level"] = self.power_level
         if self.admitted:
@@ -107,6 +113,7 @@ class RequestContext:
                 fallbacks={int(k): bool(v) for k, v in (entry.get("fallbacks") or {}).items()},
                 available_after=_opt_decimal(entry.get("available_after")),
                 fail_open=bool(entry.get("fail_open")),
+                payer=Payer.from_metadata(entry.get("payer")),
             )
         except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError):
             # Ours by the token but mangled in transit: treat as not ours, as before.

@@ -117,9 +117,10 @@ class CreditsHandler(CustomLogger):
         try:
             await self.runtime.ensure_started()
             context.ensure_metadata(data)
+            payer = identity.resolve(user_api_key_dict, data)  # user, team, or named end user
             ctx = RequestContext(
                 request_id=self._issued.request_id(data),
-                user_id=identity.payer(user_api_key_dict, data),
+                user_id=payer.account, payer=payer,
                 model_group=data.get("model") if isinstance(data.get("model"), str) else None)
             self._issued.write(data, ctx)
             try:

@@ -9,8 +9,9 @@ once per process:
 3. the route guard in front of the proxy's app (:mod:`litellm_credits.guard`), with
    ``allow_unbilled_routes`` and ``pass_through_billing`` from the settings, refusals
    counted in ``credits_route_refusals_total`` (always, when there is a proxy);
-4. the routers on the proxy's own app: the ``/credits`` API, ``/credits/metrics``
-   and the UI (unless ``mount_api`` is off, or there is no proxy: CLI, tests);
+4. the routers on the proxy's own app: the ``/credits`` API, the team wallets
+   (``/credits/teams``), ``/credits/metrics``, the UI and the admin console
+   (unless ``mount_api`` is off, or there is no proxy: CLI, tests);
 5. the runtime's start, when the proxy's loop already runs, so the spool is
    replayed without waiting for traffic.
 
@@ -91,12 +92,14 @@ def _mount_routers(callback: CreditsHandler) -> None:
     except ImportError:  # the package is used without the proxy (CLI, tests)
         return
     from litellm_credits.api import app as api
-    from litellm_credits.api import ui
+    from litellm_credits.api import console, teams, ui
     from litellm_credits.observe import monitoring
 
     app = getattr(proxy_server, "app", None)
     if app is not None:
         api.mount(app)
+        teams.mount(app)  # /credits/teams/{team_id}/...: a LiteLLM team's wallet
+        console.mount(app)  # /credits/ui/console and the console's /credits/admin reads
         monitoring.mount(app)
         ui.mount(app)
     _start_when_loaded(callback)

@@ -151,6 +151,44 @@ def check_user_id(user_id: Any) -> str:
     return user_id
 
 
+#: The reserved prefix of team accounts in the ledger: a LiteLLM team's wallet is the
+#: account ``team:<team_id>`` (identity.py). No person's id may start with it.
+TEAM_PREFIX: Final = "team:"
+
+
+def check_person_id(value: Any, what: str = "user id") -> str:
+    """A user id that names a person: :func:`check_user_id`, and never in the team namespace."""
+    try:
+        user_id = check_user_id(value)
+    except errors.InvalidUserId as exc:
+        raise errors.InvalidUserId(f"{what} refused: {exc.message}") from None
+    if user_id.startswith(TEAM_PREFIX):
+        raise errors.InvalidUserId(
+            f"{what} refused: ids starting with {TEAM_PREFIX!r} are reserved for team accounts")
+    return user_id
+
+
+def check_team_id(value: Any) -> str:
+    """A LiteLLM team id, validated like a user id; its account id must fit in 255."""
+    if not isinstance(value, str) or not value:
+        raise errors.InvalidUserId("team id is empty")
+    limit = MAX_ID_LENGTH - len(TEAM_PREFIX)
+    if len(value) > limit:
+        raise errors.InvalidUserId(
+            f"team id is {len(value)} characters long; the limit is {limit}")
+    try:
+        check_user_id(value)
+    except errors.InvalidUserId as exc:
+        raise errors.InvalidUserId(
+            "team id refused: " + exc.message.replace("user id", "team id")) from None
+    return value
+
+
+def team_account(team_id: Any) -> str:
+    """The ledger account of a LiteLLM team: ``team:<team_id>``."""
+    return TEAM_PREFIX + check_team_id(team_id)
+
+
 def check_text(what: str, value: str | None, limit: int) -> str | None:
     """Optional text that PostgreSQL can store: no NUL, valid Unicode, at most ``limit``."""
     if value is None:

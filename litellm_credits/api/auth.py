@@ -24,7 +24,7 @@ from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
 
 from litellm_credits import errors
-from litellm_credits.values import check_user_id
+from litellm_credits.values import check_person_id, check_user_id
 
 __all__ = [
     "Auth",
@@ -94,7 +94,7 @@ def subject(auth: UserAPIKeyAuth, requested: str | None, *, write: bool) -> str:
             )
         return requested
     if own:
-        return check_user_id(own)
+        return check_person_id(own, "this key's user id")  # never a team:<id> account
     if privileged:
         raise errors.InvalidUserId(
             "this admin key has no user_id of its own; name the user with ?user_id=..."

@@ -46,9 +46,10 @@ def _hashes(pattern: re.Pattern[str], text: str) -> str:
 
 
 @cache
-def page() -> Page:
-    """The page and its security headers (read once per process)."""
-    text = resources.files("litellm_credits.api").joinpath("static/credits.html").read_text("utf-8")
+def page(name: str = "static/credits.html") -> Page:
+    """A page and its security headers (read once per process); api/console.py serves
+    ``static/console.html`` the same way."""
+    text = resources.files("litellm_credits.api").joinpath(name).read_text("utf-8")
     csp = "; ".join([
         "default-src 'none'",
         f"script-src {_hashes(_SCRIPT, text)}",

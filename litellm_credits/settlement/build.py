@@ -252,6 +252,11 @@ def app_and_session(metadata: Mapping[str, Any], headers: Mapping[str, Any]) -> 
     return short(app), short(session)
 
 
+def payer_entry(ctx: RequestContext) -> dict[str, str | None] | None:
+    """``request_metadata.payer``: which rule, key (hash and alias) and member spent."""
+    return ctx.payer.describe(ctx.user_id) if ctx.payer is not None else None
+
+
 def success_record(
     ctx: RequestContext,
     slo: Mapping[str, Any],
@@ -332,6 +337,8 @@ def success_record(
             "stream": bool(slo.get("stream")),
             "route_rule": ctx.route_rule,
             "call_type": short(slo.get("call_type")),
+            # Ids checked by values.py (no control characters) and a cleaned alias: safe too.
+            "payer": payer_entry(ctx),
         },
         response_metadata=response_metadata,
     )
@@ -361,7 +368,7 @@ def failure_record(
         credits_charged=Decimal(0),
         app_id=app_id,
         session_id=session_id,
-        request_metadata=capped_json({"route_rule": ctx.route_rule}),
+        request_metadata=capped_json({"route_rule": ctx.route_rule, "payer": payer_entry(ctx)}),
     )
 
 

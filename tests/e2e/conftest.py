@@ -187,3 +187,14 @@ def api(api_proxy: ProxyProcess) -> Iterator[ApiClient]:
     client = ApiClient(api_proxy)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def litellm_proxy(pg_cluster: Any) -> Iterator[Any]:
+    """ONE proxy on LiteLLM's own database for the session (tests/e2e/litellm_db.py).
+
+    Skipped, with the reason, where the workplace's ../shared/tools/litellm-db is absent."""
+    from tests.e2e.litellm_db import shared_litellm_env
+
+    with shared_litellm_env(pg_cluster) as env:
+        yield env
