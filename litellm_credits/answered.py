@@ -27,6 +27,7 @@ from decimal import Decimal
 from typing import Any
 
 import litellm
+from litellm.litellm_core_utils.core_helpers import reconstruct_model_name
 from litellm.types.utils import (
     EmbeddingResponse,
     ModelResponse,
@@ -86,8 +87,13 @@ def event_kwargs(data: Mapping[str, Any], usage: Mapping[str, Any], *, response_
     metadata = metadata_of(data)
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
+    call_metadata = params.get("metadata")
     slo: dict[str, Any] = {
-        "model": details.get("model") or hidden.get("litellm_model_name") or model,
+        # As LiteLLM names it in its own logging ("openai/gpt-4o" when the deployment says so).
+        "model": reconstruct_model_name(
+            str(details.get("model") or hidden.get("litellm_model_name") or model or ""),
+            details.get("custom_llm_provider"),
+            call_metadata if isinstance(call_metadata, dict) else {}) or None,
         "model_group": metadata.get("model_group"),
         "model_id": hidden.get("model_id") or (info.get("id") if isinstance(info, Mapping)
                                                else None),

@@ -74,8 +74,9 @@ UNBILLED_FAMILIES: Final[dict[str, str]] = {
     "agents": "A2A agent invocations call models the plugin does not see",
     "mcp": "MCP tool calls reach tool servers on the platform's credentials, unbilled",
     "skills": "Anthropic skills are created on the platform's provider account, unbilled",
-    PASS_THROUGH: "pass-through routes forward to the provider as-is and are not billed from "
-                  "the provider's usage yet",
+    PASS_THROUGH: "pass-through routes forward to the provider as-is and are billed only when "
+                  "the operator turns their billing on (held, then billed LiteLLM's cost of "
+                  "the provider's response, or the hold where LiteLLM cannot price it)",
 }
 
 # LiteLLM's mapped pass-through prefixes (LiteLLMRoutes.mapped_pass_through_routes).
@@ -170,11 +171,12 @@ def classify(path: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class GuardSettings:
-    """The operator's choices (proposed YAML keys of the same names in ``CREDITS_CONFIG``).
+    """The operator's choices (the keys of the same names in ``CREDITS_CONFIG``).
 
     ``allow_unbilled_routes`` opens families the plugin cannot bill (served unbilled, at the
-    operator's own risk); ``pass_through_billing`` opens the pass-through routes once their
-    settlement reads LiteLLM's cost of the provider's response.
+    operator's own risk); ``pass_through_billing`` opens the pass-through routes, which are
+    then held and settled from LiteLLM's cost of the provider's response (the settings keys
+    of the same names; :func:`litellm_credits.plugin.route_policy` builds the policy).
     """
 
     allow_unbilled_routes: tuple[str, ...] = ()

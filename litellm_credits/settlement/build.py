@@ -1,13 +1,10 @@
 """Builds settlement records from what LiteLLM reports about a call.
 
-Pure functions (apart from counting metrics), so the money arithmetic is testable without a
-proxy. The charge is LiteLLM's own cost for the call, ``slo["response_cost"]`` (every
-pricing dimension its engine knows, the deployment's custom prices included), converted to
-Decimal exactly and multiplied out once (:func:`charge_from_slo`, :mod:`litellm_credits.cost`).
-Rules on top, in order: a cache hit costs 0; zero output tokens with an error or blank finish
-reason cost 0 (zero-completion insurance, a setting); a served call with usage whose engine
-cost is 0 or missing is billed its hold (I5, counted). No message content and no secret is
-ever copied: the metadata are allow-lists of small fields, capped in size.
+Pure functions, so the record is testable without a proxy. The charge is LiteLLM's own cost
+for the call, ``slo["response_cost"]``, priced by :mod:`litellm_credits.settlement.charge`
+(re-exported here: ``Charge``, ``PricingPolicy``, ``charge_from_slo``, ``compute_charge``).
+No message content and no secret is ever copied: the metadata are allow-lists of small
+fields, capped in size.
 """
 
 from __future__ import annotations
@@ -19,13 +16,25 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
-from litellm_credits import cost, pricing
+from litellm_credits import pricing
 from litellm_credits.context import RequestContext, metadata_of
-from litellm_credits.observe import metrics
-from litellm_credits.pricing import Price, byok_fee, to_credits
 from litellm_credits.routing import Deployment
 from litellm_credits.settings import Settings
+from litellm_credits.settlement.charge import (
+    Charge,
+    PricingPolicy,
+    charge_from_slo,
+    compute_charge,
+    insured,
+    set_default_policy,
+)
 from litellm_credits.settlement.record import SettlementRecord
+
+__all__ = [
+    "MAX_METADATA_BYTES", "Charge", "PricingPolicy", "Served", "capped_json", "charge_from_slo",
+    "compute_charge", "failed", "failure_record", "hold_record", "insured", "scrub", "served",
+    "set_default_policy", "short", "success_record",
+]
 
 MAX_ERROR_CHARS = 500
 MAX_TEXT_CHARS = 255
@@ -36,158 +45,6 @@ MAX_METADATA_BYTES = 4096
 _SECRETISH = re.compile(
     r"(?i)(bearer\s+\S+|\b(sk|pk|rk|ak)[-_][A-Za-z0-9*_\-]{6,}|\b[A-Za-z0-9_\-]{32,}\b)"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    provider_cost_usd: Decimal
-    full_credits: Decimal  # what the request would cost on a platform key
-    credits: Decimal  # what is charged (the BYOK fee when BYOK)
-    priced_from: str  # litellm | hold | cache_hit | insured (| deployment/config/litellm: tokens)
-    dimensions: tuple[str, ...] = ()  # the pricing dimensions the usage had
-    litellm_response_cost: str | None = None  # LiteLLM's float, as its shortest repr
-    insured: bool = False  # zero-completion insurance applied
-    provider_reported_usd: Decimal | None = None  # the provider's own cost (OpenRouter)
-    engine_usd: Decimal | None = None  # the price map's cost of the same usage, beside it
-
-
-@dataclass(frozen=True, slots=True)
-class PricingPolicy:
-    """The settings the charge depends on besides the context."""
-
-    byok_fee_percent: Decimal = Decimal(0)
-    zero_completion_insurance: bool = True
-
-    @classmethod
-    def of(cls, settings: Settings) -> PricingPolicy:
-        return cls(settings.byok_fee_percent, settings.zero_completion_insurance)
-
-
-_default_policy = PricingPolicy()
-
-
-def set_default_policy(policy: PricingPolicy) -> None:
-    """The policy :func:`success_record` uses when its caller passes none (set by the
-    runtime from the settings at start-up)."""
-    global _default_policy
-    _default_policy = policy
-
-
-def compute_charge(
-    price: Price | None,
-    *,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cached_tokens: int,
-    credits_per_usd: Decimal,
-    multiplier: Decimal,
-    byok: bool,
-    byok_fee_percent: Decimal,
-    hold_amount: Decimal,
-    cache_hit: bool = False,
-) -> Charge:
-    """The charge from token counts and a two-price token formula: the reference that
-    LiteLLM's cost equals for plain token traffic (tests hold settlement to it). Settlement
-    itself prices from LiteLLM's cost (:func:`charge_from_slo`)."""
-    if cache_hit:
-        return Charge(Decimal(0), Decimal(0), Decimal(0), "cache_hit")
-    if price is None:
-        # The deployment vanished from the config mid-request. Bill what was held.
-        return Charge(Decimal(0), hold_amount, hold_amount, "hold")
-    usd = price.usd(max(prompt_tokens, 0), max(completion_tokens, 0), max(cached_tokens, 0))
-    full = to_credits(usd, credits_per_usd, multiplier)
-    credits = byok_fee(full, byok_fee_percent) if byok else full
-    return Charge(usd, full, credits, price.source)
-
-
-# Call types that produce output tokens, where zero output with no proper finish means the
-# client got nothing (embeddings, images, audio, rerank never have output tokens).
-_OUTPUT_CALLS = frozenset({"completion", "acompletion", "text_completion", "atext_completion",
-                           "anthropic_messages", "responses", "aresponses"})
-# Call types whose usage is not (or not always) in LiteLLM's token counts: a served one
-# always consumed something (a pass-through call's usage is whatever LiteLLM could parse).
-_MEDIA_CALLS = frozenset({"image_generation", "aimage_generation", "aimage_edit", "image_edit",
-                          "speech", "aspeech", "transcription", "atranscription", "rerank",
-                          "arerank", "pass_through_endpoint"})
-_BLANK_FINISH = frozenset({"", "error", "failed", "cancelled", "incomplete"})
-
-
-def _finish_reason(slo: Mapping[str, Any]) -> str | None:
-    """The response's finish reason (OpenAI ``finish_reason``, Anthropic ``stop_reason``,
-    Responses ``status``), or None when it has none."""
-    response = slo.get("response")
-    if not isinstance(response, Mapping):
-        return None
-    choices = response.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
-        reason = choices[0].get("finish_reason")
-    else:
-        reason = response.get("stop_reason", response.get("status"))
-    return reason if isinstance(reason, str) else None
-
-
-def insured(slo: Mapping[str, Any]) -> bool:
-    """Zero-completion insurance: zero output tokens with an error or blank finish reason.
-
-    Not for a client that hung up (LiteLLM's ``error_str`` "Client disconnected the
-    request"): the provider processed the prompt on the client's word, so that is billed
-    like any other hang-up."""
-    if str(slo.get("call_type") or "") not in _OUTPUT_CALLS or _int(slo.get("completion_tokens")):
-        return False
-    error = str(slo.get("error_str") or "")
-    if "client disconnected" in error.lower():
-        return False
-    reason = _finish_reason(slo)
-    return reason is None or reason in _BLANK_FINISH or bool(error)
-
-
-def _response_cost(slo: Mapping[str, Any]) -> tuple[float | None, str | None]:
-    raw = slo.get("response_cost")
-    if isinstance(raw, str):
-        text = raw
-        try:
-            raw = float(text)
-        except ValueError:
-            return None, text[:40]
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-        return None, None
-    return float(raw), repr(float(raw))
-
-
-def charge_from_slo(slo: Mapping[str, Any], ctx: RequestContext, *, byok: bool,
-                    policy: PricingPolicy) -> Charge:
-    """The charge of a served call from LiteLLM's ``response_cost`` (see the module doc)."""
-    call_type = str(slo.get("call_type") or "")
-    usage = (slo.get("metadata") or {}).get("usage_object")
-    dims = cost.priced_dimensions(usage if isinstance(usage, Mapping) else None, call_type)
-    response_cost, shown = _response_cost(slo)
-    zero = Decimal(0)
-    if slo.get("cache_hit"):
-        return Charge(zero, zero, zero, "cache_hit", dims, shown)
-    if policy.zero_completion_insurance and insured(slo):
-        metrics.count(metrics.ZERO_COMPLETION_INSURED, call_type or "unknown")
-        return Charge(zero, zero, zero, "insured", dims, shown, insured=True)
-    has_usage = (_int(slo.get("prompt_tokens")) > 0 or _int(slo.get("completion_tokens")) > 0
-                 or call_type in _MEDIA_CALLS)
-    try:
-        usd, billed_hold = cost.settled_usd(response_cost, zero, has_usage=has_usage,
-                                            cache_hit=False)
-    except (TypeError, ValueError):  # a negative or non-finite cost: never trusted, never 0
-        usd, billed_hold = zero, True
-    if billed_hold:
-        metrics.count(metrics.ZERO_COST_BILLED_HOLD, call_type or "unknown")
-        full = ctx.hold or zero
-        credits = cost.byok_share(full, policy.byok_fee_percent) if byok else full
-        return Charge(zero, full, credits, "hold", dims, shown)
-    full = cost.full_credits(usd, ctx.credits_per_usd or zero,
-                             ctx.multiplier if ctx.multiplier is not None else Decimal(1))
-    credits = cost.byok_share(full, policy.byok_fee_percent) if byok else full
-    reported = pricing.provider_reported_usd(slo)
-    engine = pricing.engine_cost_usd(slo) if reported is not None else None
-    if reported is not None and engine is not None:
-        metrics.cost_drift(str(slo.get("custom_llm_provider") or "unknown"), reported, engine)
-    return Charge(usd, full, credits, "litellm", dims, shown,
-                  provider_reported_usd=reported, engine_usd=engine)
 
 
 def scrub(text: str | None, secrets: tuple[str, ...] = ()) -> str | None:
@@ -282,8 +139,7 @@ def success_record(
     ``response_cost`` are those of what was received.
     """
     if charge is None:
-        charge = charge_from_slo(slo, ctx, byok=byok_key_id is not None,
-                                 policy=policy or _default_policy)
+        charge = charge_from_slo(slo, ctx, byok=byok_key_id is not None, policy=policy)
     start, end = slo.get("startTime"), slo.get("endTime")
     first = slo.get("completionStartTime")
     latency = _ms(end - start) if isinstance(start, float) and isinstance(end, float) else None

@@ -76,6 +76,8 @@ def _model_list(bases: dict[str, str]) -> list[dict[str, Any]]:
         dep("tts-tokens", "openai/gpt-4o-mini-tts", oa, "openai"),
         dep("rerank", "cohere/rerank-english-v3.0", cohere, "cohere"),
         dep("router-mini", "openrouter/openai/gpt-4o-mini", bases["openrouter"], "openrouter"),
+        # The stand-ins have no embeddings route: LiteLLM's own mock answers (usage included).
+        dep("embed", "openai/text-embedding-3-small", oa, "openai", mock_response=[0.1, 0.2]),
     ]
 
 
@@ -306,6 +308,15 @@ def test_rerank_per_query(env: PluginEnv) -> None:
     assert abs(engine_usd(row) - sheet("rerank-english-v3.0", "input_cost_per_query")) \
         < D("1e-12")
     assert row["response_metadata"]["priced_dimensions"] == ["query"]
+
+
+def test_embeddings(env: PluginEnv) -> None:
+    bill = Billing(env, "precision")
+    out = bill.client().embeddings.create(model="embed", input=["hello world"])
+    assert out.data
+    row = bill.settled()
+    want = row["prompt_tokens"] * sheet("text-embedding-3-small", "input_cost_per_token")
+    assert row["prompt_tokens"] > 0 and abs(engine_usd(row) - want) < D("1e-12")
 
 
 # --- a provider that reports its own cost ----------------------------------------------------

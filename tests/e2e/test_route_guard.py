@@ -1,8 +1,9 @@
 """The route guard in the real proxy: routes the plugin cannot bill are refused with 403
 before LiteLLM touches them, and the stand-in providers receive nothing.
 
-The guard is installed through a scratch callback module on PYTHONPATH (``credits_e2e_guard``)
-until the composition root installs it itself. The proxy's OpenAI and Anthropic pass-through
+The composition root (``litellm_credits.plugin``) installs the guard with the settings; a
+scratch callback module on PYTHONPATH (``credits_e2e_guard``) installs it too, with the default
+policy (a second install does nothing more). The proxy's OpenAI and Anthropic pass-through
 targets and its Assistants provider all point at the stand-ins, so a request that slipped
 through would be recorded there.
 """
@@ -26,6 +27,7 @@ from websockets.exceptions import InvalidStatus
 
 from devtools.pg import PgCluster
 from devtools.proxy import MASTER_KEY, ProxyProcess, user_key
+from litellm_credits import guard
 from tests.e2e.plugin_env import (
     PROXY_PORTS,
     PluginEnv,
@@ -175,6 +177,12 @@ def test_without_the_guard_the_same_calls_reach_the_provider(env: PluginEnv) -> 
     extra = {k: v for k, v in env.proxy.env.items()
              if k.startswith("CREDITS_") or k == "PYTHONPATH"}
     extra["CREDITS_SPOOL_DIR"] = str(env.workdir / "spool-unguarded")
+    # The plugin installs the guard itself: "without the guard" is every family opened.
+    opened = yaml.safe_load(Path(extra["CREDITS_CONFIG"]).read_text()) or {}
+    opened["allow_unbilled_routes"] = sorted(set(guard.UNBILLED_FAMILIES) - {guard.PASS_THROUGH})
+    opened["pass_through_billing"] = True
+    extra["CREDITS_CONFIG"] = str(env.workdir / "credits-unguarded.yaml")
+    Path(extra["CREDITS_CONFIG"]).write_text(yaml.safe_dump(opened))
     proxy = ProxyProcess(config, free_port(PROXY_PORTS), extra,
                          log_path=env.workdir / "unguarded.log")
     user = env.new_user("unguarded")
