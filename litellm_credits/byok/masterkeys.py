@@ -62,9 +62,13 @@ NOT_CONFIGURED_MESSAGE = (
 
 
 class VaultConfigError(VaultError, ConfigError):
-    """``CREDITS_ENCRYPTION_KEYS`` (or the keys given to :class:`Vault`) is malformed."""
+    """``CREDITS_ENCRYPTION_KEYS`` (or the keys given to :class:`Vault`) is malformed.
 
-    http_status = 500
+    503 like :class:`~litellm_credits.errors.VaultNotConfigured`, on chat and on
+    ``/credits`` alike: the proxy's configuration is wrong, the request is fine.
+    """
+
+    http_status = 503
     code = "vault_config_error"
 
 
