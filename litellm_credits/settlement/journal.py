@@ -29,8 +29,9 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from litellm_credits.settlement.record import SettlementRecord
 
@@ -66,9 +67,13 @@ class Journal:
 
     # -- the hot path ------------------------------------------------------------------
 
-    def write(self, record: SettlementRecord) -> None:
-        """Append one record with one ``os.write``, no fsync; OSError if the disk refuses."""
-        line = (json.dumps(record.to_json(), separators=(",", ":")) + "\n").encode("utf-8")
+    def write(self, record: SettlementRecord, encoded: Mapping[str, Any] | None = None) -> None:
+        """Append one record with one ``os.write``, no fsync; OSError if the disk refuses.
+
+        ``encoded`` is ``record.to_json()`` if the caller already has it.
+        """
+        obj = record.to_json() if encoded is None else encoded
+        line = (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
         segment = self._segment()
         written = os.write(segment.fd, line)
         if written != len(line):  # a short write to a regular file: disk full mid-line

@@ -42,7 +42,7 @@ from typing import Any
 from litellm_credits import errors
 from litellm_credits.ledger import Ledger
 from litellm_credits.settlement.journal import Journal
-from litellm_credits.settlement.record import SettlementRecord
+from litellm_credits.settlement.record import JsonObject, SettlementRecord
 from litellm_credits.settlement.spool import Spool
 
 Record = SettlementRecord
@@ -92,6 +92,7 @@ class Writer:
         self.stats = WriterStats()
         self._tasks: list[asyncio.Task[None]] = []
         self.journal = Journal(spool.directory)
+        self._encoded: dict[str, tuple[Record, JsonObject]] = {}
         self.journal_fsync_seconds = journal_fsync_seconds
         self._spool_dirty = bool(spool.segments() or spool.journal_segments())
         self._closing = False
@@ -116,7 +117,10 @@ class Writer:
         if self._closing or self._outage:
             self._to_spool([record])  # fsync'd: the database is away anyway
             return
-        self.journal.write(record)
+        encoded = record.to_json()
+        self.journal.write(record, encoded)
+        # The same object goes to settle_usage: encoded once per record, not twice.
+        self._encoded[record.request_id] = (record, encoded)
         self.queue.put_nowait(record)
 
     @property
@@ -238,14 +242,14 @@ class Writer:
 
     async def _settle(self, batch: list[Record], live: bool = True) -> None:
         started = time.perf_counter()
-        results = await self.ledger.settle([r.to_json() for r in batch],
+        results = await self.ledger.settle([self._json(r) for r in batch],
                                            self.settle_timeout if live else None)
         elapsed = time.perf_counter() - started
         self.stats.settled += len(batch)
         self.stats.batches += 1
         self.stats.last_batch_size = len(batch)
         self.stats.last_batch_seconds = elapsed
-        self.journal.done(batch)
+        self._done(batch)
         for row in results:
             self.stats.outcomes[row["outcome"]] = self.stats.outcomes.get(row["outcome"], 0) + 1
         if self._on_batch is not None:
@@ -271,15 +275,27 @@ class Writer:
         self.stats.rejected += 1
         path = self.spool.set_aside(
             f"{record.request_id[:64]}.json", json.dumps(record.to_json()).encode("utf-8"))
-        self.journal.done([record])
+        self._done([record])
         log.error("settlement record %s was refused by the database; kept in %s",
                   record.request_id, path)
 
     def _to_spool(self, batch: list[Record]) -> None:
         self.spool.append(batch)
-        self.journal.done(batch)
+        self._done(batch)
         self.stats.spooled += len(batch)
         self._spool_dirty = True
+
+    def _json(self, record: Record) -> JsonObject:
+        entry = self._encoded.get(record.request_id)
+        return entry[1] if entry is not None and entry[0] is record else record.to_json()
+
+    def _done(self, batch: Sequence[Record]) -> None:
+        """Settled, spooled or set aside: the journal no longer needs these lines."""
+        self.journal.done(batch)
+        for record in batch:
+            entry = self._encoded.get(record.request_id)
+            if entry is not None and entry[0] is record:
+                del self._encoded[record.request_id]
 
     async def replay_now(self) -> int:
         replayed = await self.spool.replay(self._settle_replayed, self.batch_size)

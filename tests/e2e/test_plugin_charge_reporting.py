@@ -66,6 +66,25 @@ def _journal_files(env: PluginEnv) -> list[str]:
     return sorted(p.name for p in journal.glob("*.jsonl")) if journal.exists() else []
 
 
+def _fallbacks(env: PluginEnv) -> dict[str, float]:
+    """credits_early_settlement_fallbacks_total by reason: requests settled after sending."""
+    text = env.http("GET", "/credits/metrics").text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("credits_early_settlement_fallbacks_total{"):
+            labels, value = line.rsplit(" ", 1)
+            out[labels.split('reason="', 1)[1].split('"', 1)[0]] = float(value)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _all_settled_before_sending(env: PluginEnv) -> Iterator[None]:
+    """Every request of this module is settled before its response leaves (no fallback)."""
+    before = _fallbacks(env)
+    yield
+    assert _fallbacks(env) == before
+
+
 def test_non_streamed_body_and_header_carry_the_charge(env: PluginEnv) -> None:
     user = env.new_user("cost-body", credits="5", level="precision")
 
