@@ -232,6 +232,11 @@ def set_usage_cost(usage: Any, credits: Decimal) -> None:
         usage.cost = float(credits)
 
 
+def cached_stream(response: Any) -> bool:
+    """A stream LiteLLM replays from its cache (its wrapper names the provider so)."""
+    return getattr(response, "custom_llm_provider", None) == "cached_response"
+
+
 def is_chunk(chunk: Any) -> bool:
     """A chat stream chunk (other streams pass through and settle from the success event)."""
     return isinstance(chunk, ModelResponseStream)

@@ -282,7 +282,9 @@ class CreditsHandler(CustomLogger):
         what reached the client is billed (once), and the error goes on to LiteLLM.
         """
         ctx = context.read(request_data)
-        if ctx is None or not ctx.admitted:
+        if ctx is None or not ctx.admitted or answered.cached_stream(response):
+            # A stream replayed from LiteLLM's cache is settled from its success event,
+            # which knows it was a cache hit.
             async for chunk in response:
                 yield chunk
             return
