@@ -75,6 +75,8 @@ class Writer:
         replay_interval: float = 2.0,
         settle_timeout: float | None = None,
         on_batch: BatchCallback | None = None,
+        # TODO(settings): expose as writer.journal_fsync_ms in Settings and pass it from
+        # Runtime; until then the documented default (1 s) applies.
         journal_fsync_seconds: float = 1.0,
     ) -> None:
         self.ledger = ledger
