@@ -68,7 +68,7 @@ def _http_error(exc: errors.CreditsError) -> HTTPException:
 def _outcome_for(exc: errors.CreditsError) -> str:
     if exc.http_status in (401, 402, 429):
         return f"rejected_{exc.http_status}"
-    if exc.http_status == 503:
+    if isinstance(exc, errors.DatabaseUnavailable):  # not a missing vault: that is config
         return "unavailable_503"
     return "rejected_other"
 

@@ -198,6 +198,7 @@ class Runtime:
             batch_size=settings.writer_batch_size,
             flush_seconds=settings.writer_flush_ms / 1000,
             settle_timeout=settings.writer_settle_timeout_ms / 1000,
+            journal_fsync_seconds=settings.writer_journal_fsync_ms / 1000,
             on_batch=self._batch_settled,
         )
         atexit.register(self.writer.spool_pending)

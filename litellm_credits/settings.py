@@ -114,6 +114,7 @@ class Settings:
     writer_batch_size: int = 500
     writer_flush_ms: int = 50
     writer_settle_timeout_ms: int = 500
+    writer_journal_fsync_ms: int = 1000
     spool_dir: Path = field(default_factory=default_spool_dir)
     alert_webhook_url: str | None = None
     alert_webhook_secret: str | None = None
@@ -370,6 +371,7 @@ _SCHEMA: Schema = {
         "batch_size": ("writer_batch_size", _int(1, 10_000)),
         "flush_ms": ("writer_flush_ms", _int(1, 60_000)),
         "settle_timeout_ms": ("writer_settle_timeout_ms", _int(50, 600_000)),
+        "journal_fsync_ms": ("writer_journal_fsync_ms", _int(10, 60_000)),
     },
     "alerts": {
         "webhook_url": ("alert_webhook_url", _optional_text),

@@ -75,8 +75,8 @@ class Writer:
         replay_interval: float = 2.0,
         settle_timeout: float | None = None,
         on_batch: BatchCallback | None = None,
-        # TODO(settings): expose as writer.journal_fsync_ms in Settings and pass it from
-        # Runtime; until then the documented default (1 s) applies.
+        # writer.journal_fsync_ms in the settings; a process kill loses nothing
+        # either way, this bounds what a power loss can take.
         journal_fsync_seconds: float = 1.0,
     ) -> None:
         self.ledger = ledger
@@ -144,7 +144,10 @@ class Writer:
         self._closing = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in stuck:  # never wait forever on shutdown; what is queued is spooled below
+                log.error("writer task %s did not stop within %.0f s", task.get_name(), timeout)
         self._tasks = []
         pending = self._take_inflight() + self._drain_queue()
         if pending:
@@ -193,8 +196,11 @@ class Writer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can drop a cancellation
+            # that lands as the item arrives, and close() would then wait forever.
             try:
-                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                async with asyncio.timeout(remaining):
+                    batch.append(await self.queue.get())
             except TimeoutError:
                 break
         return batch
