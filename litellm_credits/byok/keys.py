@@ -65,7 +65,7 @@ from litellm_credits.byok.validate import (
     validate_plaintext,
 )
 from litellm_credits.byok.vault import Vault
-from litellm_credits.settings import DEFAULT_PROVIDER_ALIASES
+from litellm_credits.config_schema import DEFAULT_PROVIDER_ALIASES
 from litellm_credits.store.db import Database, Row, run
 from litellm_credits.values import check_text, check_user_id
 

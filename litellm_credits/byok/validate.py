@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from litellm_credits import errors
+from litellm_credits.config_schema import DEFAULT_PROVIDER_ALIASES
 from litellm_credits.errors import InvalidInput, VaultError
-from litellm_credits.settings import DEFAULT_PROVIDER_ALIASES
 
 __all__ = [
     "MAX_NAME_CHARS",

@@ -21,10 +21,11 @@ import httpx
 import psycopg
 import pytest
 
+from litellm_credits.config_schema import Tier
 from litellm_credits.observe import alerts
 from litellm_credits.observe.alerts import AlertDispatcher, build_payload, sign, verify_signature
 from litellm_credits.runtime import Runtime
-from litellm_credits.settings import Settings, Tier
+from litellm_credits.settings import Settings
 from litellm_credits.settlement.record import SettlementRecord
 
 D = Decimal

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from litellm_credits.config_schema import ModelPrice
 from litellm_credits.pricing import (
     Price,
     byok_fee,
@@ -20,7 +21,6 @@ from litellm_credits.pricing import (
     price_for,
     to_credits,
 )
-from litellm_credits.settings import ModelPrice
 
 D = Decimal
 FAST = settings(max_examples=100, deadline=None)

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from litellm_credits.config_schema import DEFAULT_PROVIDER_ALIASES
 from litellm_credits.pricing import Price
 from litellm_credits.routing import Deployment, LevelConfig, Route, choose, level_from_row
-from litellm_credits.settings import DEFAULT_PROVIDER_ALIASES
 
 D = Decimal
 

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 
 from litellm_credits import settings
+from litellm_credits.config_schema import DEFAULT_PROVIDER_ALIASES, Tier
 from litellm_credits.errors import ConfigError
 from litellm_credits.settings import (
-    DEFAULT_PROVIDER_ALIASES,
     SYSTEM_SPOOL_DIR,
     Settings,
-    Tier,
     default_spool_dir,
     load,
 )
