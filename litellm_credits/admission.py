@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from litellm_credits import cost, errors, identity, pricing, routing
+from litellm_credits import cost, errors, hold_prices, identity, pricing, routing
 from litellm_credits.byok.refs import KeyRowRef
 from litellm_credits.byok.vault import Vault
 from litellm_credits.context import BYOK_NAME_KEY, LEVEL_KEY, RequestContext, metadata_of
@@ -114,7 +114,7 @@ class Admitter:
         self._vault = vault
         self._fail_open_spent: dict[str, Decimal] = {}
         self._last_seen: dict[str, tuple[Decimal, str, float]] = {}
-        self._hold_defaults = cost.HoldDefaults(
+        self._hold_defaults = hold_prices.HoldDefaults(
             max_output_tokens=runtime.settings.default_max_tokens)
 
     async def admit(self, data: Mapping[str, Any], ctx: RequestContext) -> Admission:

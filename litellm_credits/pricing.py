@@ -4,7 +4,7 @@ The charge itself is LiteLLM's own cost for the call (:mod:`litellm_credits.cost
 module holds what the hot path needs before the call, built once per catalog refresh:
 
 * :func:`catalog_price`: one deployment's :class:`Price` - its base per-token prices (for
-  the eco level's cheapest-first order) and :class:`~litellm_credits.cost.UnitPrices` (for
+  the eco level's cheapest-first order) and :class:`~litellm_credits.hold_prices.UnitPrices` (for
   the hold, every mode: tokens, images, seconds, characters, queries), from LiteLLM's model
   info overlaid with ``model_prices`` of the credits config and then with the deployment's
   own custom prices (LiteLLM's precedence). None when the engine has no price for the
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from litellm_credits import cost
-from litellm_credits.settings import ModelPrice
+from litellm_credits import cost, hold_prices
+from litellm_credits.config_schema import ModelPrice
 
 USD_PLACES = Decimal("0.0000000001")
 
@@ -59,13 +59,13 @@ class Price:
     max_output_tokens: int | None = None
     source: str = "config"
     # The hold's unit prices, every mode (set by catalog_price; None for a bare token price).
-    units: cost.UnitPrices | None = dataclasses.field(default=None, compare=False)
+    units: hold_prices.UnitPrices | None = dataclasses.field(default=None, compare=False)
 
-    def hold_units(self) -> cost.UnitPrices:
+    def hold_units(self) -> hold_prices.UnitPrices:
         """The unit prices a hold uses: the catalog's, else this token price as a chat model."""
         if self.units is not None:
             return self.units
-        return cost.UnitPrices(mode="chat", input_per_token=self.input_per_token,
+        return hold_prices.UnitPrices(mode="chat", input_per_token=self.input_per_token,
                                output_per_token=self.output_per_token,
                                max_output_tokens=self.max_output_tokens)
 
@@ -183,7 +183,8 @@ def _pixels(size: Any) -> int | None:
     return None
 
 
-def hold_request(data: Mapping[str, Any], default_max: int | None = None) -> cost.HoldRequest:
+def hold_request(data: Mapping[str, Any],
+                 default_max: int | None = None) -> hold_prices.HoldRequest:
     """What a request says about its size, for every mode at once (the deployment's mode
     picks what it uses): prompt text (chat ``messages``, ``input`` of embeddings, responses
     and speech, completions ``prompt``, ``system``, rerank ``query`` + ``documents``), the
@@ -208,7 +209,7 @@ def hold_request(data: Mapping[str, Any], default_max: int | None = None) -> cos
         max_out = _positive_int(data.get(key))
         if max_out is not None:
             break
-    return cost.HoldRequest(
+    return hold_prices.HoldRequest(
         prompt_tokens=prompt,
         max_output_tokens=max_out if max_out is not None else default_max,
         images=_positive_int(data.get("n")) or 1,
@@ -246,7 +247,7 @@ def catalog_price(entry: Mapping[str, Any], model_prices: Mapping[str, ModelPric
         info = {**{k: float(v) for k, v in configured.costs.items()}, **info}
         if configured.mode and "mode" not in info:
             info["mode"] = configured.mode
-    units = cost.unit_prices({"litellm_params": params, "model_info": info})
+    units = hold_prices.unit_prices({"litellm_params": params, "model_info": info})
     if not units.priced:
         return None
     base = price_for(params, group, model_prices, cost_map)

@@ -13,12 +13,14 @@ import litellm
 import pytest
 
 from litellm_credits import guard, pricing, runtime
+from litellm_credits.config_schema import ModelPrice
 from litellm_credits.context import RequestContext
-from litellm_credits.cost import CREDIT_QUANTUM, HoldRequest
+from litellm_credits.cost import CREDIT_QUANTUM
 from litellm_credits.errors import ConfigError
+from litellm_credits.hold_prices import HoldRequest
 from litellm_credits.observe import metrics
 from litellm_credits.plugin import route_policy
-from litellm_credits.settings import ModelPrice, Settings, load
+from litellm_credits.settings import Settings, load
 from litellm_credits.settlement.build import (
     PricingPolicy,
     charge_from_slo,

@@ -20,16 +20,13 @@ from litellm.types.utils import (
 
 from litellm_credits.cost import (
     CREDIT_QUANTUM,
-    HoldRequest,
-    UnitPrices,
-    build_catalog,
     credits_for_cost,
     litellm_cost_to_decimal,
     priced_dimensions,
     register_model_prices,
     settled_usd,
-    unit_prices,
 )
+from litellm_credits.hold_prices import HoldRequest, UnitPrices, build_catalog, unit_prices
 
 CREDITS_PER_USD = Decimal("10")
 MULTIPLIERS = (Decimal("0.7"), Decimal("1.0"), Decimal("1.5"))
