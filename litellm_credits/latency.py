@@ -41,13 +41,14 @@ class LatencyWindow:
 
     def add(self, rows: list[dict[str, object]]) -> None:
         for row in rows:
+            # Advance past every row read, kept or not, so the next refresh never reads it again.
+            self.last_id = max(self.last_id, _int(row["last_id"]))
             deployment = row["deployment_id"]
             if not deployment:
                 continue
             key = (str(row["model_group"]), str(deployment), _int(row["minute"]))
             total, count = self._minutes.get(key, (0, 0))
             self._minutes[key] = (total + _int(row["total_ms"]), count + _int(row["n"]))
-            self.last_id = max(self.last_id, _int(row["last_id"]))
 
     def means(self) -> dict[Key, int]:
         oldest = int(self._clock() - self.window_seconds) // 60

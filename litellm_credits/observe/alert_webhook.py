@@ -85,7 +85,9 @@ def verify_signature(
     if abs(current - ts) > tolerance:
         return False
     expected = sign(secret, body, ts).split("v1=", 1)[1]
-    return any(hmac.compare_digest(expected, v) for v in parts.get("v1", []))
+    # compare_digest refuses non-ASCII str; a forged header is a mismatch, not a crash.
+    return any(hmac.compare_digest(expected.encode(), v.encode("utf-8", "replace"))
+               for v in parts.get("v1", []))
 
 
 def _iso(value: Any) -> Any:
@@ -118,7 +120,8 @@ def build_payload(row: Mapping[str, Any]) -> bytes:
 def backoff_seconds(attempts: int, *, base: float = BASE_DELAY_SECONDS,
                     cap: float = MAX_DELAY_SECONDS, jitter: float | None = None) -> float:
     """Delay after ``attempts`` failed attempts: base x 2^(attempts-1), capped, 50-100 %."""
-    raw = min(cap, base * (2.0 ** max(attempts - 1, 0)))
+    # The exponent is capped first: 2.0 ** 1024 overflows a float.
+    raw = min(cap, base * (2.0 ** min(max(attempts - 1, 0), 64)))
     factor = (0.5 + random.random() / 2) if jitter is None else jitter  # noqa: S311
     return max(raw * factor, 0.0)
 

@@ -97,10 +97,6 @@ def test_rows_without_a_deployment_are_not_counted() -> None:
     assert w.means() == {("chat", "d1"): 10}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "latency.LatencyWindow.add skips a row without a deployment id before advancing "
-    "last_id, so when such rows are the newest every refresh reads them again (until "
-    "they leave the window): the full re-read the module exists to avoid"))
 def test_rows_without_a_deployment_still_advance_the_last_id() -> None:
     w = LatencyWindow(600, clock=Clock())
     w.add([row("d1", 10, 1, 3), row(None, 999, 5, 40)])
