@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,19 @@ DEFAULT_OUTPUT_COST = 0.000002  # USD per completion token
 
 class ProxyStartError(RuntimeError):
     """The proxy exited or did not answer in time; the message carries the log tail."""
+
+
+class PortInUse(ProxyStartError):
+    """Another process took the chosen port between choosing it and the proxy's bind."""
+
+
+_BIND_FAILED = "address already in use"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def user_key(name: str) -> str:
@@ -235,6 +249,7 @@ class ProxyProcess:
         extra_args: Sequence[str] = (),
     ) -> None:
         self.port = port
+        self._log_offset = 0  # where this start's part of the log begins
         self.host = host
         self.startup_timeout = startup_timeout
         self.extra_args = list(extra_args)
@@ -301,8 +316,25 @@ class ProxyProcess:
         ]
 
     def start(self, wait: bool = True) -> ProxyProcess:
+        for attempt in range(3):
+            self._launch()
+            if not wait:
+                return self
+            try:
+                self.wait_ready()
+                return self
+            except PortInUse:
+                # Ports are chosen free, then bound seconds later by the proxy: another
+                # process can take one meanwhile. Move to a port the kernel hands out.
+                if attempt == 2:
+                    raise
+                self.port = _free_port(self.host)
+        return self
+
+    def _launch(self) -> None:
         if self.running:
             raise RuntimeError(f"proxy on port {self.port} already running (pid {self.pid})")
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== start {time.strftime('%H:%M:%S')} {self.command()}\n".encode())
             log.flush()
@@ -316,9 +348,6 @@ class ProxyProcess:
                 cwd=str(REPO_ROOT),
                 start_new_session=True,
             )
-        if wait:
-            self.wait_ready()
-        return self
 
     def wait_ready(self, timeout: float | None = None) -> None:
         deadline = time.monotonic() + (timeout or self.startup_timeout)
@@ -326,6 +355,9 @@ class ProxyProcess:
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
                 raise ProxyStartError(f"proxy exited with {code}\n{self.log_tail()}")
+            if self._bind_failed():
+                self.kill()
+                raise PortInUse(f"port {self.port} is already in use\n{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url(READY_PATH), timeout=2.0).status_code == 200:
                     return
@@ -377,6 +409,15 @@ class ProxyProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def _bind_failed(self) -> bool:
+        """Whether this start's part of the log says the port was taken."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                return _BIND_FAILED.encode() in log.read()
+        except FileNotFoundError:
+            return False
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])

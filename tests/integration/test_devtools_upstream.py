@@ -368,3 +368,25 @@ def test_proxy_kill_and_restart(ups: UpstreamGroup, tmp_path: Path) -> None:
         ok = httpx.post(proxy.url("/v1/chat/completions"), json=body, headers=headers, timeout=30)
         assert ok.status_code == 200
     assert proxy.log_text().count("=== start") == 2
+
+
+def test_proxy_moves_to_another_port_when_its_port_was_taken(
+    ups: UpstreamGroup, tmp_path: Path
+) -> None:
+    """A port chosen free and taken by someone else before the proxy binds it: the proxy
+    starts on a port the kernel hands out instead of hanging until the start-up timeout."""
+    import socket
+
+    config = build_proxy_config(ups.base_urls, {"m": ["openai"]})
+    port = find_free_ports(1, start=56600, end=56699)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        started = time.monotonic()
+        with ProxyProcess(config, port, log_path=tmp_path / "proxy.log",
+                          startup_timeout=60) as proxy:
+            assert proxy.port != port
+            assert time.monotonic() - started < 60
+            assert "already in use" in proxy.log_text()
+            assert httpx.get(proxy.url("/health/liveliness"), timeout=5).status_code == 200
