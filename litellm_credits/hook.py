@@ -307,6 +307,8 @@ class CreditsHandler(CustomLogger):
                     passed.append(chunk)
                     yield chunk
         except Exception:
+            # Whatever cut the stream, the text the client already got is billed; the
+            # error itself goes on to LiteLLM unchanged (re-raised below).
             if any(answered.has_content(c) for c in passed):
                 self._settle_cut_stream(ctx, request_data, passed)
             raise

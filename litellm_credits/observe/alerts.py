@@ -57,44 +57,18 @@ import httpx
 from litellm_credits import errors
 from litellm_credits.observe import metrics
 from litellm_credits.observe.alert_webhook import (
-    ATTEMPT_HEADER,
     BASE_DELAY_SECONDS,
-    DEFAULT_TOLERANCE_SECONDS,
-    EVENT_ID_HEADER,
-    EVENT_TYPES,
     MAX_DELAY_SECONDS,
-    SIGNATURE_HEADER,
     DeliveryResult,
     backoff_seconds,
-    build_payload,
     post,
-    sign,
-    verify_signature,
 )
-from litellm_credits.observe.thresholds import threshold_of, tier_thresholds
+from litellm_credits.observe.thresholds import tier_thresholds
 from litellm_credits.runtime import Runtime, RuntimeObserver
 from litellm_credits.settlement.record import SettlementRecord
 from litellm_credits.store.db import Row
 
-__all__ = [
-    "ATTEMPT_HEADER",
-    "BASE_DELAY_SECONDS",
-    "DEFAULT_TOLERANCE_SECONDS",
-    "EVENT_ID_HEADER",
-    "EVENT_TYPES",
-    "MAX_DELAY_SECONDS",
-    "SIGNATURE_HEADER",
-    "AlertDispatcher",
-    "DeliveryResult",
-    "backoff_seconds",
-    "build_payload",
-    "dispatcher_of",
-    "install",
-    "sign",
-    "threshold_of",
-    "tier_thresholds",
-    "verify_signature",
-]
+__all__ = ["AlertDispatcher", "dispatcher_of", "install"]
 
 log = logging.getLogger("litellm_credits.observe.alerts")
 

@@ -22,8 +22,9 @@ import psycopg
 import pytest
 
 from litellm_credits.config_schema import Tier
-from litellm_credits.observe import alerts
-from litellm_credits.observe.alerts import AlertDispatcher, build_payload, sign, verify_signature
+from litellm_credits.observe import alert_webhook, alerts
+from litellm_credits.observe.alert_webhook import build_payload, sign, verify_signature
+from litellm_credits.observe.alerts import AlertDispatcher
 from litellm_credits.runtime import Runtime
 from litellm_credits.settings import Settings
 from litellm_credits.settlement.record import SettlementRecord
@@ -299,11 +300,11 @@ async def test_signed_delivery_with_retries_and_backoff(
         assert request.method == "POST" and str(request.url) == URL
         assert request.headers["content-type"] == "application/json"
         assert verify_signature(SECRET, request.content,
-                                request.headers[alerts.SIGNATURE_HEADER])
+                                request.headers[alert_webhook.SIGNATURE_HEADER])
         assert not verify_signature("wrong-secret", request.content,
-                                    request.headers[alerts.SIGNATURE_HEADER])
-        assert request.headers[alerts.EVENT_ID_HEADER] == f"cra_{row['id']}"
-        assert request.headers[alerts.ATTEMPT_HEADER] == str(n)
+                                    request.headers[alert_webhook.SIGNATURE_HEADER])
+        assert request.headers[alert_webhook.EVENT_ID_HEADER] == f"cra_{row['id']}"
+        assert request.headers[alert_webhook.ATTEMPT_HEADER] == str(n)
     body = receiver.bodies()[0]
     assert body == {
         "id": f"cra_{row['id']}", "type": "credits.low_balance", "created": body["created"],
@@ -343,7 +344,7 @@ async def test_several_proxies_deliver_each_alert_once(
             pass
 
     await asyncio.gather(*(drain(d) for _, d in proxies for _ in range(2)))
-    ids = [r.headers[alerts.EVENT_ID_HEADER] for _, r in receiver.calls]
+    ids = [r.headers[alert_webhook.EVENT_ID_HEADER] for _, r in receiver.calls]
     assert len(ids) == len(users) == len(set(ids))
     assert db_conn.execute("SELECT count(*) FROM credit_alerts WHERE status = 'sent'"
                            ).fetchone() == (len(users),)
@@ -422,9 +423,9 @@ def test_signature_rejects_tampering_and_stale_timestamps() -> None:
 
 
 def test_backoff_doubles_and_is_capped() -> None:
-    delays = [alerts.backoff_seconds(n, base=5, cap=60, jitter=1.0) for n in range(1, 7)]
+    delays = [alert_webhook.backoff_seconds(n, base=5, cap=60, jitter=1.0) for n in range(1, 7)]
     assert delays == [5, 10, 20, 40, 60, 60]
-    assert 2.5 <= alerts.backoff_seconds(1, base=5, cap=60) <= 5
+    assert 2.5 <= alert_webhook.backoff_seconds(1, base=5, cap=60) <= 5
 
 
 async def test_close_ends_the_loops_when_a_wake_and_the_cancel_coincide(
