@@ -316,19 +316,9 @@ class ProxyProcess:
         ]
 
     def start(self, wait: bool = True) -> ProxyProcess:
-        for attempt in range(3):
-            self._launch()
-            if not wait:
-                return self
-            try:
-                self.wait_ready()
-                return self
-            except PortInUse:
-                # Ports are chosen free, then bound seconds later by the proxy: another
-                # process can take one meanwhile. Move to a port the kernel hands out.
-                if attempt == 2:
-                    raise
-                self.port = _free_port(self.host)
+        self._launch()
+        if wait:
+            self.wait_ready()
         return self
 
     def _launch(self) -> None:
@@ -350,6 +340,23 @@ class ProxyProcess:
             )
 
     def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the proxy answers; if its port was taken, relaunch it on another.
+
+        Ports are chosen free, then bound seconds later by the proxy, and they lie in the
+        kernel's ephemeral range: another test's server or any outgoing connection can take
+        one meanwhile. ``self.port`` follows the move, so ``url()`` stays right.
+        """
+        for attempt in range(3):
+            try:
+                self._await_ready(timeout)
+                return
+            except PortInUse:
+                if attempt == 2:
+                    raise
+                self.port = _free_port(self.host)
+                self._launch()
+
+    def _await_ready(self, timeout: float | None) -> None:
         deadline = time.monotonic() + (timeout or self.startup_timeout)
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:

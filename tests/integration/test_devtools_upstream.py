@@ -370,11 +370,14 @@ def test_proxy_kill_and_restart(ups: UpstreamGroup, tmp_path: Path) -> None:
     assert proxy.log_text().count("=== start") == 2
 
 
+@pytest.mark.parametrize("split_start", [False, True], ids=["start", "start-then-wait_ready"])
 def test_proxy_moves_to_another_port_when_its_port_was_taken(
-    ups: UpstreamGroup, tmp_path: Path
+    ups: UpstreamGroup, tmp_path: Path, split_start: bool
 ) -> None:
     """A port chosen free and taken by someone else before the proxy binds it: the proxy
-    starts on a port the kernel hands out instead of hanging until the start-up timeout."""
+    starts on a port the kernel hands out instead of hanging until the start-up timeout.
+    Harnesses that launch several proxies first and wait afterwards (the fault and bench
+    environments) go through ``wait_ready`` alone, so that path must move too."""
     import socket
 
     config = build_proxy_config(ups.base_urls, {"m": ["openai"]})
@@ -384,9 +387,16 @@ def test_proxy_moves_to_another_port_when_its_port_was_taken(
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         started = time.monotonic()
-        with ProxyProcess(config, port, log_path=tmp_path / "proxy.log",
-                          startup_timeout=60) as proxy:
+        proxy = ProxyProcess(config, port, log_path=tmp_path / "proxy.log", startup_timeout=60)
+        try:
+            if split_start:
+                proxy.start(wait=False)
+                proxy.wait_ready()
+            else:
+                proxy.start()
             assert proxy.port != port
             assert time.monotonic() - started < 60
             assert "already in use" in proxy.log_text()
             assert httpx.get(proxy.url("/health/liveliness"), timeout=5).status_code == 200
+        finally:
+            proxy.stop()
