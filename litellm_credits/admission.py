@@ -137,7 +137,6 @@ class Admitter:
         base = cost.full_credits(self._estimate_usd(data, priced), snapshot.credits_per_usd,
                                  Decimal(1))
         ctx, hold = await self._hold(ctx, base, requested)  # ctx.user_id: who was held on
-        ctx = ctx.replace(power_level=hold.power_level)
         try:
             level = snapshot.levels.get(hold.power_level)
             if level is None:
@@ -148,9 +147,10 @@ class Admitter:
         except errors.CreditsError as exc:
             if not hold.fail_open:
                 await rt.ledger.release(ctx.request_id)
-            raise Refused(exc, ctx) from None
+            raise Refused(exc, ctx.replace(power_level=hold.power_level)) from None
+        # One replace for everything admission decided: it runs on every request.
         ctx = ctx.replace(
-            multiplier=hold.multiplier, hold=hold.amount,
+            power_level=hold.power_level, multiplier=hold.multiplier, hold=hold.amount,
             credits_per_usd=snapshot.credits_per_usd, route=tuple(route.ids), route_rule=route.rule,
             byok={provider: secret.key_id for provider, secret in keys.items()},
             fallbacks={k.id: k.fallback for k in hold.byok_keys},
@@ -200,7 +200,8 @@ class Admitter:
             held_on, res = await identity.reserve(
                 rt.ledger, ctx.payer or identity.Payer(ctx.user_id, "user"), ctx.request_id,
                 base, requested, rt.settings.hold_ttl_seconds)
-            ctx = ctx.replace(user_id=held_on)
+            if held_on != ctx.user_id:
+                ctx = ctx.replace(user_id=held_on)
         except errors.DatabaseUnavailable:
             return ctx, self._fail_open(ctx.user_id, base, requested)
         except errors.AccountNotFound:

@@ -9,9 +9,12 @@ values (Decimals as exact text), never a secret.
 
 A client can write metadata too. Every context we write carries this
 process's random token, so a client-sent ``"credits"`` entry is never taken
-for ours; and :class:`Issued` remembers the entry object written into each
-request's data, so a second run of the pre-call hook on the same data keeps
-its request id (one hold, one bill) while a copy made by a client does not.
+for ours. The entry is also an :class:`_Entry`, a dict that carries the
+context it was made from: the hooks run five or six times per request and read
+it back without parsing (a client's JSON can only ever make a plain dict, so
+the shortcut cannot be forged), and :class:`Issued` knows from it that a second
+run of the pre-call hook on the same data is the same request (one hold, one
+bill) while a copy of the data is not.
 """
 
 from __future__ import annotations
@@ -96,6 +99,8 @@ class RequestContext:
     @classmethod
     def from_metadata(cls, entry: Any) -> RequestContext | None:
         """The context in a metadata entry, or None if this process did not write it."""
+        if type(entry) is _Entry:
+            return entry.context  # written by Issued.write in this process (or a copy of it)
         if not isinstance(entry, Mapping) or entry.get("issued_by") != _PROCESS_TOKEN:
             return None
         try:
@@ -162,30 +167,32 @@ def read_event(kwargs: Mapping[str, Any]) -> RequestContext | None:
     return RequestContext.from_metadata((params.get("metadata") or {}).get(CTX))
 
 
+class _Entry(dict[str, Any]):
+    """The metadata entry as written: plain JSON to LiteLLM, plus the context it encodes.
+
+    ``data_id`` is the identity of the request data it was written into, so a rerun of the
+    pre-call hook on that data is told from a copy of it.
+    """
+
+    __slots__ = ("context", "data_id")
+
+    def __init__(self, ctx: RequestContext, data_id: int) -> None:
+        super().__init__(ctx.to_metadata())
+        self.context = ctx
+        self.data_id = data_id
+
+
 class Issued:
-    """The metadata entries this handler wrote, by the identity of the request data."""
+    """Writes contexts into request data, and tells a rerun on the same data from a copy."""
 
-    __slots__ = ("_by_data",)
-
-    def __init__(self) -> None:
-        # id(data) -> the entry object we put in that data's metadata. A rerun of
-        # the hook on the same data finds the very same object; a client-sent
-        # "credits" entry is never that object.
-        self._by_data: dict[int, dict[str, Any]] = {}
+    __slots__ = ()
 
     def request_id(self, data: dict[str, Any]) -> str:
         """Our id for this request; the same one when the hook runs again on the same data."""
-        issued = self._by_data.get(id(data))
-        ours = issued is not None and metadata_of(data).get(CTX) is issued
-        if ours and issued is not None:
-            return str(issued["request_id"])
+        entry = metadata_of(data).get(CTX)
+        if type(entry) is _Entry and entry.data_id == id(data):
+            return entry.context.request_id
         return f"req_{uuid.uuid4().hex}"
 
     def write(self, data: dict[str, Any], ctx: RequestContext) -> None:
-        entry = ctx.to_metadata()
-        ensure_metadata(data)[CTX] = entry
-        self._by_data[id(data)] = entry
-
-    def prune(self) -> None:
-        if len(self._by_data) > 10_000:
-            self._by_data.clear()
+        ensure_metadata(data)[CTX] = _Entry(ctx, id(data))

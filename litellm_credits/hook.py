@@ -137,7 +137,6 @@ class CreditsHandler(CustomLogger):
             self._issued.write(data, admission.context)
             self.attempts.start(admission)
             data["num_retries"] = admission.num_retries
-            self._issued.prune()
             return data
         except errors.CreditsError as exc:
             outcome = _outcome_for(exc)

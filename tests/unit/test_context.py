@@ -55,3 +55,17 @@ def test_the_same_data_keeps_its_request_id_a_copy_does_not() -> None:
     clone = copy.deepcopy(data)  # e.g. a client replaying a captured body
     assert issued.request_id(clone) != first
     assert first.startswith("req_")
+
+
+def test_the_written_entry_is_read_back_without_parsing_and_copies_still_read() -> None:
+    issued = Issued()
+    data: dict[str, Any] = {"model": "chat"}
+    issued.write(data, FULL)
+    entry = data["metadata"][CTX]
+    assert context.read(data) is FULL  # the object written, not a re-parse of its JSON
+    assert json.loads(json.dumps(entry)) == FULL.to_metadata()  # LiteLLM sees plain JSON
+    assert context.read(copy.deepcopy(data)) == FULL
+    # The shortcut belongs to the written object only: the same fields in a plain dict are
+    # parsed and checked for the process token like any other entry.
+    assert RequestContext.from_metadata(dict(entry)) == FULL
+    assert RequestContext.from_metadata(dict(entry, issued_by="guess")) is None
