@@ -175,6 +175,37 @@ def _tree(pid: int | None) -> list[int]:
         return []
 
 
+def pin_tree(pid: int | None, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` and its children to ``cpus`` (threads and processes they
+    start later inherit it)."""
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(tid), cpus)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which CPUs the proxy under test gets, and which everything else gets.
+
+    On a shared 2-CPU machine the scheduler otherwise puts the proxy, the stand-in upstream,
+    PostgreSQL and wrk wherever it likes, and a proxy that happens to share a CPU with the
+    upstream for a whole run loses 10-15 % to it: the per-pair ratios then swing by more than
+    the plugin costs. Both proxies get the same CPU (only one is loaded at a time).
+    """
+
+    proxy: frozenset[int]
+    rest: frozenset[int]
+
+    @classmethod
+    def split(cls) -> Placement | None:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return None
+        return cls(frozenset(cpus[:1]), frozenset(cpus[1:]))
+
+
 def _busy_seconds() -> float:
     """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
     import psutil
@@ -316,9 +347,11 @@ def smoke(proxy: ProxyProcess, user: str) -> dict[str, Any]:
 
 
 def run_wrk(url: str, script: Path, *, connections: int, duration: float,
-            threads: int = 1) -> dict[str, Any]:
+            threads: int = 1, cpus: frozenset[int] | None = None) -> dict[str, Any]:
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "30s",
            "-s", str(script), url]
+    if cpus:
+        cmd = ["taskset", "-c", ",".join(str(c) for c in sorted(cpus)), *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
                           timeout=duration + 120)
     for line in proc.stdout.splitlines():
@@ -331,7 +364,7 @@ def run_wrk(url: str, script: Path, *, connections: int, duration: float,
 
 
 def one_run(pset: ProxySet, which: str, script: Path, *, connections: int, duration: float,
-            postmaster_pid: int | None) -> dict[str, Any]:
+            postmaster_pid: int | None, placement: Placement | None = None) -> dict[str, Any]:
     proxy = pset.proxies[which]
     trees: dict[str, int | None] = {"proxy": proxy.pid}
     for arm, other in pset.proxies.items():
@@ -343,7 +376,7 @@ def one_run(pset: ProxySet, which: str, script: Path, *, connections: int, durat
     watch.start()
     started = time.perf_counter()
     result = run_wrk(proxy.url("/v1/chat/completions"), script, connections=connections,
-                     duration=duration)
+                     duration=duration, cpus=placement.rest if placement else None)
     wall = time.perf_counter() - started
     cpu = watch.stop()
     n = max(result["requests"], 1)
@@ -398,7 +431,9 @@ def compare(runs: list[dict[str, Any]], a: str = "on", b: str = "off") -> dict[s
     ra = [r for r in runs if r["which"] == a and r.get("used", True)]
     rb = [r for r in runs if r["which"] == b and r.get("used", True)]
     sa, sb = _side(ra), _side(rb)
-    pair_ratios = [x["rps"] / y["rps"] for x, y in zip(ra, rb, strict=False) if y["rps"]]
+    b_of_pair = {r.get("pair"): r for r in rb}
+    pair_ratios = [x["rps"] / y["rps"] for x in ra
+                   if (y := b_of_pair.get(x.get("pair"))) is not None and y["rps"]]
 
     def diff(key: str) -> float | None:
         x, y = sa.get(key), sb.get(key)
@@ -498,8 +533,11 @@ def write_scripts(users: list[str]) -> tuple[Path, Path]:
 def alternate(pset: ProxySet, arms: list[str], users: list[str], *, concurrencies: list[int],
               pairs: int, duration: float, warmup: float, pause: float,
               postmaster_pid: int | None, extra_pairs: int = 0, max_foreign: float = 0.5,
-              log: Any = print) -> dict[str, list[dict[str, Any]]]:
-    """Smoke-test and warm every arm, then run them in turn (A B A B ...) per concurrency.
+              pin: bool = True, log: Any = print) -> dict[str, list[dict[str, Any]]]:
+    """Smoke-test and warm every arm, then run them in pairs per concurrency, the order
+    flipping from pair to pair (A B, B A, A B ...): an arm that always ran first would carry
+    whatever the first run of a pair suffers (the other arm's writer still settling, a
+    machine warming up) into every ratio.
 
     A pair during which other jobs on the machine used more than ``max_foreign`` cores in
     any of its runs is marked unclean; up to ``extra_pairs`` more pairs are run to get
@@ -509,6 +547,32 @@ def alternate(pset: ProxySet, arms: list[str], users: list[str], *, concurrencie
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: apt-get install -y wrk")
     measure, warm = write_scripts(users)
+    placement = Placement.split() if pin else None
+    everywhere = os.sched_getaffinity(0)
+    try:
+        if placement is not None:
+            for pid in (pset.upstream.proc.pid if pset.upstream.proc else None,
+                        postmaster_pid):
+                pin_tree(pid, set(placement.rest))
+            os.sched_setaffinity(0, placement.rest)  # this driver (its CPU watch) too
+            for arm in arms:  # last: the proxies are children of this process
+                pin_tree(pset.proxies[arm].pid, set(placement.proxy))
+            log(f"  CPUs: proxies on {sorted(placement.proxy)}; upstream, PostgreSQL and wrk "
+                f"on {sorted(placement.rest)}")
+        return _alternate(pset, arms, users, measure, warm, concurrencies=concurrencies,
+                          pairs=pairs, duration=duration, warmup=warmup, pause=pause,
+                          postmaster_pid=postmaster_pid, extra_pairs=extra_pairs,
+                          max_foreign=max_foreign, placement=placement, log=log)
+    finally:
+        if placement is not None:  # the settlement and hook parts use every CPU again
+            os.sched_setaffinity(0, everywhere)
+            pin_tree(postmaster_pid, set(everywhere))
+
+
+def _alternate(pset: ProxySet, arms: list[str], users: list[str], measure: Path, warm: Path,
+               *, concurrencies: list[int], pairs: int, duration: float, warmup: float,
+               pause: float, postmaster_pid: int | None, extra_pairs: int, max_foreign: float,
+               placement: Placement | None, log: Any) -> dict[str, list[dict[str, Any]]]:
     for arm in arms:
         headers = smoke(pset.proxies[arm], users[0])
         if arm.startswith("on") and "x-credits-remaining" not in headers:
@@ -516,7 +580,7 @@ def alternate(pset: ProxySet, arms: list[str], users: list[str], *, concurrencie
     for arm in arms:
         log(f"  warm-up {arm}: {warmup:g}s at 16 connections over every user")
         run_wrk(pset.proxies[arm].url("/v1/chat/completions"), warm, connections=16,
-                duration=warmup)
+                duration=warmup, cpus=placement.rest if placement else None)
     time.sleep(pause)
     out: dict[str, list[dict[str, Any]]] = {}
     for connections in concurrencies:
@@ -525,9 +589,9 @@ def alternate(pset: ProxySet, arms: list[str], users: list[str], *, concurrencie
         i = 0
         while i < pairs or (clean < pairs and i < pairs + extra_pairs):
             pair_runs = []
-            for arm in arms:
+            for arm in (arms if i % 2 == 0 else arms[::-1]):
                 run = one_run(pset, arm, measure, connections=connections, duration=duration,
-                              postmaster_pid=postmaster_pid)
+                              postmaster_pid=postmaster_pid, placement=placement)
                 run["pair"] = i
                 pair_runs.append(run)
                 cpu = run["cpu_ms_per_request"]

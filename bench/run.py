@@ -66,7 +66,7 @@ class Profile:
     extra_pairs: int  # proxy pairs run beyond `pairs` to replace ones other jobs disturbed
 
 
-DEFAULT = Profile(pairs=5, duration=10, warmup=8, pause=1.0, concurrencies=(1, 16, 64),
+DEFAULT = Profile(pairs=7, duration=8, warmup=8, pause=1.0, concurrencies=(1, 16, 64),
                   spread_n=30_000, hot_n=10_000, baseline_n=4_000, baseline_hot_n=1_000,
                   writers=(1, 2), reserve_calls=4_000, batch_rounds=9, hook_calls=5_000,
                   history=50_000, repeats=3, extra_pairs=1)
