@@ -623,7 +623,9 @@ def run_proxy_bench(db_url: str, users: list[str], encryption_keys: str, *,
                     log: Any = print) -> dict[str, Any]:
     arms = standard_arms(db_url, encryption_keys, diagnose)
     names = [a.name for a in arms]
-    results: dict[str, Any] = {"arms": names}
+    placement = Placement.split()
+    results: dict[str, Any] = {"arms": names, "cpu_placement": None if placement is None else {
+        "proxies": sorted(placement.proxy), "upstream_postgresql_wrk": sorted(placement.rest)}}
     before = db_counts(db_url)
     with proxy_set(arms) as pset:
         all_runs = alternate(pset, names, users, concurrencies=concurrencies, pairs=pairs,

@@ -21,6 +21,15 @@ from bench.report_sections import (
 __all__ = ["render"]
 
 
+def _placement(placement: Any) -> str:
+    if not placement:
+        return ""
+    return (f"The proxies run on CPU {placement['proxies']} and everything else (the stand-in "
+            f"upstream, PostgreSQL, wrk, this driver) on CPU {placement['upstream_postgresql_wrk']}"
+            ", so both arms run with the same placement: left to the scheduler, one proxy could "
+            "stay 10-15 % faster than the other for a whole session, whichever had the plugin. ")
+
+
 def render(results: dict[str, Any]) -> str:
     m = results.get("machine") or {}
     v = results.get("versions") or {}
@@ -82,7 +91,8 @@ def render(results: dict[str, Any]) -> str:
         f"every user ({method.get('warmup_s')} s). Then, per concurrency, the runs alternate "
         "in pairs whose order flips each time: on, off; off, on; on, off ... so neither arm "
         f"always goes first ({method.get('pairs')} pairs, "
-        f"{method.get('duration_s')} s each, a short pause between runs). The machine is "
+        f"{method.get('duration_s')} s each, a short pause between runs). "
+        f"{_placement(method.get('cpu_placement'))}The machine is "
         "shared, so each run also measures the CPU that processes outside the benchmark "
         "used; a pair in which they used more than "
         f"{method.get('max_foreign_cores', 0.5)} cores is marked disturbed, up to "

@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 "levels": seeded.levels, "load_generator": "wrk (1 thread, Lua script)",
                 "history_rows": profile.history, "max_foreign_cores": args.max_foreign,
                 "extra_pairs": profile.extra_pairs,
+                "cpu_placement": proxy.get("cpu_placement"),
             }
             results["proxy"] = proxy
 
