@@ -359,12 +359,15 @@ class ProxyProcess:
     def _await_ready(self, timeout: float | None) -> None:
         deadline = time.monotonic() + (timeout or self.startup_timeout)
         while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise ProxyStartError(f"proxy exited with {code}\n{self.log_tail()}")
+            exited = self.proc is None or self.proc.poll() is not None
+            # Checked before the exit: a proxy that could not bind logs it and then exits
+            # (code 3), often before this loop looks again.
             if self._bind_failed():
                 self.kill()
                 raise PortInUse(f"port {self.port} is already in use\n{self.log_tail()}")
+            if exited:
+                code = None if self.proc is None else self.proc.returncode
+                raise ProxyStartError(f"proxy exited with {code}\n{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url(READY_PATH), timeout=2.0).status_code == 200:
                     return
