@@ -533,7 +533,8 @@ def write_scripts(users: list[str]) -> tuple[Path, Path]:
 def alternate(pset: ProxySet, arms: list[str], users: list[str], *, concurrencies: list[int],
               pairs: int, duration: float, warmup: float, pause: float,
               postmaster_pid: int | None, extra_pairs: int = 0, max_foreign: float = 0.5,
-              pin: bool = True, log: Any = print) -> dict[str, list[dict[str, Any]]]:
+              pin: bool = True, shared: int = 0,
+              log: Any = print) -> dict[str, list[dict[str, Any]]]:
     """Smoke-test and warm every arm, then run them in pairs per concurrency, the order
     flipping from pair to pair (A B, B A, A B ...): an arm that always ran first would carry
     whatever the first run of a pair suffers (the other arm's writer still settling, a
@@ -562,7 +563,8 @@ def alternate(pset: ProxySet, arms: list[str], users: list[str], *, concurrencie
         return _alternate(pset, arms, users, measure, warm, concurrencies=concurrencies,
                           pairs=pairs, duration=duration, warmup=warmup, pause=pause,
                           postmaster_pid=postmaster_pid, extra_pairs=extra_pairs,
-                          max_foreign=max_foreign, placement=placement, log=log)
+                          max_foreign=max_foreign, placement=placement, shared=shared,
+                          log=log)
     finally:
         if placement is not None:  # the settlement and hook parts use every CPU again
             os.sched_setaffinity(0, everywhere)
@@ -572,7 +574,8 @@ def alternate(pset: ProxySet, arms: list[str], users: list[str], *, concurrencie
 def _alternate(pset: ProxySet, arms: list[str], users: list[str], measure: Path, warm: Path,
                *, concurrencies: list[int], pairs: int, duration: float, warmup: float,
                pause: float, postmaster_pid: int | None, extra_pairs: int, max_foreign: float,
-               placement: Placement | None, log: Any) -> dict[str, list[dict[str, Any]]]:
+               placement: Placement | None, shared: int,
+               log: Any) -> dict[str, list[dict[str, Any]]]:
     for arm in arms:
         headers = smoke(pset.proxies[arm], users[0])
         if arm.startswith("on") and "x-credits-remaining" not in headers:
@@ -612,6 +615,12 @@ def _alternate(pset: ProxySet, arms: list[str], users: list[str], measure: Path,
         use_clean = clean >= max(3, min(pairs, 3))
         for r in runs:
             r["used"] = r["clean"] if use_clean else True
+        if placement is not None and shared > 0:
+            from bench.shared_cpu import shared_rounds  # it builds on this module's helpers
+
+            runs += shared_rounds(pset, arms, measure, connections=connections,
+                                  duration=duration, rounds=shared, wrk_cpus=placement.rest,
+                                  pause=pause, log=log)
         out[f"c{connections}"] = runs
     return out
 
@@ -619,7 +628,7 @@ def _alternate(pset: ProxySet, arms: list[str], users: list[str], measure: Path,
 def run_proxy_bench(db_url: str, users: list[str], encryption_keys: str, *,
                     concurrencies: list[int], pairs: int, duration: float, warmup: float,
                     pause: float, postmaster_pid: int | None, diagnose: bool = False,
-                    extra_pairs: int = 0, max_foreign: float = 0.5,
+                    extra_pairs: int = 0, max_foreign: float = 0.5, shared: int = 0,
                     log: Any = print) -> dict[str, Any]:
     arms = standard_arms(db_url, encryption_keys, diagnose)
     names = [a.name for a in arms]
@@ -631,11 +640,15 @@ def run_proxy_bench(db_url: str, users: list[str], encryption_keys: str, *,
         all_runs = alternate(pset, names, users, concurrencies=concurrencies, pairs=pairs,
                              duration=duration, warmup=warmup, pause=pause,
                              postmaster_pid=postmaster_pid, extra_pairs=extra_pairs,
-                             max_foreign=max_foreign, log=log)
+                             max_foreign=max_foreign, shared=shared, log=log)
         # Let the writer settle the tail before counting what was written.
         time.sleep(1.5)
     for key, runs in all_runs.items():
         summary = compare(runs, "on", "off")
+        if shared:
+            from bench.shared_cpu import shared_summary
+
+            summary["shared_cpu"] = shared_summary([r for r in runs if r["which"] == "shared"])
         if diagnose:
             summary["noop_vs_off"] = {k: v for k, v in compare(runs, "noop", "off").items()
                                       if k != "off"}

@@ -34,6 +34,10 @@ TARGETS = [
     # (key path, comparison, bound, label)
     ("proxy.c16.throughput_ratio", ">=", 0.95, "throughput on/off at concurrency 16"),
     ("proxy.c64.throughput_ratio", ">=", 0.95, "throughput on/off at concurrency 64"),
+    ("proxy.c16.shared_cpu.throughput_ratio", ">=", 0.95,
+     "throughput on/off at concurrency 16, both loaded at once on one CPU"),
+    ("proxy.c64.shared_cpu.throughput_ratio", ">=", 0.95,
+     "throughput on/off at concurrency 64, both loaded at once on one CPU"),
     ("proxy.c16.p50_added_ms", "<=", 1.0, "added p50 latency at concurrency 16 (ms)"),
     ("proxy.c16.p99_added_ms", "<=", 5.0, "added p99 latency at concurrency 16 (ms)"),
     ("settlement.spread_per_s", ">=", 10_000, "settled requests/s, spread over 1,000 users"),

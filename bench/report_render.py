@@ -109,6 +109,19 @@ def render(results: dict[str, Any]) -> str:
         "hooks (`async_filter_deployments`, `async_pre_call_deployment_hook`) but not the "
         "proxy's pre-call hook, where the plugin's database round trip happens.",
         "",
+        f"**1b. Both proxies at once on one CPU** ({method.get('shared_rounds', 0)} rounds of "
+        f"{method.get('duration_s')} s per concurrency, after the pairs). Runs made seconds "
+        "apart are compared above, and this machine's speed drifts between two runs by more "
+        "than the plugin costs: in one run the per-pair ratios spread from 0.73 to 1.16, and "
+        "a do-nothing callback against none from 0.76 to 1.04. So each round also loads "
+        "both proxies at the same moment (one wrk each, the same script and concurrency) "
+        "while they share their one CPU: whatever the host does "
+        "during a round, it does to both. Each proxy is its own session, so the scheduler "
+        "splits the CPU evenly, and the ratio of their throughputs is the ratio of their CPU "
+        "cost per request, which is what decides how many requests a proxy core serves. "
+        "Reported: the median of the per-round ratios. Latency is not read from these rounds "
+        "(each proxy has half a CPU).",
+        "",
         "**2. Settlement throughput.** Typed `SettlementRecord`s built by the package's own "
         "`settlement.build.success_record` (10 % with a BYOK key id) are fed to the package's "
         "`Writer` (batches of 500, as configured by default), which settles each batch in one "

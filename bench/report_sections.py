@@ -41,6 +41,21 @@ def proxy_section(proxy: dict[str, Any]) -> list[str]:
             f"{_f(on['cpu_ms_per_request'].get('proxy'), 2)} | "
             f"{_f(on['cpu_ms_per_request'].get('postgres'), 2)} | "
             f"{_f(off.get('foreign_cores'), 2)} / {_f(on.get('foreign_cores'), 2)} |")
+    shared = [k for k in proxy if k.startswith("c") and (proxy[k].get("shared_cpu") or None)]
+    if shared:
+        out += ["", "Both proxies loaded at the same moment, sharing one CPU "
+                "(`bench/shared_cpu.py`, method 1b):", "",
+                "| concurrency | req/s off | req/s on | ratio on/off (per round) "
+                "| proxy CPU/req off / on (ms) | non-200 |",
+                "|---|---|---|---|---|---|"]
+        for key in sorted(shared, key=lambda k: int(k[1:])):
+            sc = proxy[key]["shared_cpu"]
+            rounds = ", ".join(f"{r:.2f}" for r in sc.get("throughput_ratio_rounds", []))
+            out.append(
+                f"| {key[1:]} | {_f(sc.get('rps_off'))} | {_f(sc.get('rps_on'))} | "
+                f"**{_f(sc.get('throughput_ratio'), 3)}** ({rounds}) | "
+                f"{_f(sc.get('proxy_cpu_ms_per_request_off'), 2)} / "
+                f"{_f(sc.get('proxy_cpu_ms_per_request_on'), 2)} | {sc.get('non_200')} |")
     sanity = proxy.get("sanity") or {}
     if sanity:
         out += [

@@ -64,16 +64,17 @@ class Profile:
     history: int  # settled requests already in each database before measuring
     repeats: int  # settlement runs per measurement (the median is reported)
     extra_pairs: int  # proxy pairs run beyond `pairs` to replace ones other jobs disturbed
+    shared_rounds: int  # rounds with both proxies loaded at once on one CPU (bench.shared_cpu)
 
 
 DEFAULT = Profile(pairs=7, duration=8, warmup=8, pause=1.0, concurrencies=(1, 16, 64),
                   spread_n=30_000, hot_n=10_000, baseline_n=4_000, baseline_hot_n=1_000,
                   writers=(1, 2), reserve_calls=4_000, batch_rounds=9, hook_calls=5_000,
-                  history=50_000, repeats=3, extra_pairs=1)
+                  history=50_000, repeats=3, extra_pairs=1, shared_rounds=7)
 QUICK = Profile(pairs=3, duration=5, warmup=5, pause=0.5, concurrencies=(1, 16, 64),
                 spread_n=10_000, hot_n=4_000, baseline_n=2_000, baseline_hot_n=1_000,
                 writers=(1,), reserve_calls=1_500, batch_rounds=5, hook_calls=2_000,
-                history=20_000, repeats=1, extra_pairs=0)
+                history=20_000, repeats=1, extra_pairs=0, shared_rounds=3)
 PARTS = ("proxy", "settlement", "hook")
 
 
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated parts to run: {', '.join(PARTS)}")
     parser.add_argument("--pairs", type=int, help="on/off pairs per concurrency")
     parser.add_argument("--duration", type=float, help="seconds per proxy run")
+    parser.add_argument("--shared-rounds", type=int,
+                        help="rounds with both proxies loaded at once on one CPU (0: none)")
     parser.add_argument("--concurrency", help="comma-separated, e.g. 1,16,64")
     parser.add_argument("--diagnose", action="store_true",
                         help="also run a proxy with a do-nothing callback")
@@ -130,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration or profile.duration
     concurrencies = ([int(c) for c in args.concurrency.split(",")] if args.concurrency
                      else list(profile.concurrencies))
-    if pairs < 1 or duration <= 0:
-        parser.error("--pairs must be at least 1 and --duration positive")
+    shared = profile.shared_rounds if args.shared_rounds is None else args.shared_rounds
+    if pairs < 1 or duration <= 0 or shared < 0:
+        parser.error("--pairs must be at least 1, --duration positive, --shared-rounds >= 0")
 
     started = time.perf_counter()
     WORK_DIR.mkdir(parents=True, exist_ok=True)
@@ -160,14 +164,15 @@ def main(argv: list[str] | None = None) -> int:
                 url, seeded.users, keys, concurrencies=concurrencies, pairs=pairs,
                 duration=duration, warmup=profile.warmup, pause=profile.pause,
                 postmaster_pid=postmaster, diagnose=args.diagnose,
-                extra_pairs=profile.extra_pairs, max_foreign=args.max_foreign, log=log)
+                extra_pairs=profile.extra_pairs, max_foreign=args.max_foreign,
+                shared=shared, log=log)
             proxy["method"] = {
                 "pairs": pairs, "duration_s": duration, "warmup_s": profile.warmup,
                 "users": len(seeded.users), "byok_users": seeded.byok_users,
                 "levels": seeded.levels, "load_generator": "wrk (1 thread, Lua script)",
                 "history_rows": profile.history, "max_foreign_cores": args.max_foreign,
                 "extra_pairs": profile.extra_pairs,
-                "cpu_placement": proxy.get("cpu_placement"),
+                "cpu_placement": proxy.get("cpu_placement"), "shared_rounds": shared,
             }
             results["proxy"] = proxy
 
