@@ -31,6 +31,17 @@ HISTORY_MD = RESULTS_DIR.parent / "history.md"
 RESERVE_CLIENT_CPU_MS = 0.237
 
 
+
+def _spread(c: dict[str, Any]) -> str:
+    pairs = c.get("throughput_ratio_pairs") or []
+    return f"{min(pairs):.2f} to {max(pairs):.2f}" if pairs else "n/a"
+
+
+def _shared(c: dict[str, Any]) -> float | None:
+    shared = c.get("shared_cpu") or {}
+    value = shared.get("throughput_ratio")
+    return float(value) if value is not None else None
+
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
@@ -109,9 +120,11 @@ def findings_section(results: dict[str, Any]) -> list[str]:
         "(concurrency 16 and 64 here), ratio ≈ off CPU / on CPU. For 0.95 the plugin may add "
         f"at most {_f(budget, 2)} ms of proxy CPU per request on this machine; in this run it "
         f"adds {_signed(added16)} ms at concurrency 16 and "
-        f"{_signed(_minus(cpu(c64, 'on'), cpu(c64, 'off')))} ms at 64. Single pairs still swing "
-        "by a few per cent on this shared machine, which is why the ratio is the median over "
-        "pairs run back to back." + _remaining(hook),
+        f"{_signed(_minus(cpu(c64, 'on'), cpu(c64, 'off')))} ms at 64. Pairs run back to back "
+        f"still swing ({_spread(c16)} at concurrency 16 in this run) because the host's speed "
+        "drifts between two runs; rounds with both proxies loaded at once on one CPU (1b) "
+        f"do not feel that drift and give {_f(_shared(c16), 3)} at 16 and "
+        f"{_f(_shared(c64), 3)} at 64." + _remaining(hook),
         "3. **Added p50 at concurrency 16 and 64 is queueing, not plugin time.** A saturated "
         "proxy answers in about concurrency / throughput, so p50 on − off ≈ p50 off × (1/ratio "
         f"− 1). With p50 off ≈ {_f(c16.get('p50_off_ms'), 0)} ms, the 1 ms target at "
