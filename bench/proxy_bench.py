@@ -152,7 +152,7 @@ def lua_script(users: list[str], *, mode: str = "random", seed: int = 1) -> str:
 # -- CPU accounting ---------------------------------------------------------------------------
 
 
-def _cpu_seconds_of(pids: list[int]) -> float:
+def cpu_seconds_of(pids: list[int]) -> float:
     import psutil
 
     total = 0.0
@@ -163,7 +163,7 @@ def _cpu_seconds_of(pids: list[int]) -> float:
     return total
 
 
-def _tree(pid: int | None) -> list[int]:
+def process_tree(pid: int | None) -> list[int]:
     import psutil
 
     if pid is None:
@@ -178,7 +178,7 @@ def _tree(pid: int | None) -> list[int]:
 def pin_tree(pid: int | None, cpus: set[int]) -> None:
     """Pin every thread of ``pid`` and its children to ``cpus`` (threads and processes they
     start later inherit it)."""
-    for p in _tree(pid):
+    for p in process_tree(pid):
         with contextlib.suppress(OSError):
             for tid in os.listdir(f"/proc/{p}/task"):
                 with contextlib.suppress(OSError):
@@ -236,7 +236,7 @@ class CpuWatch:
     wall_before: float = 0.0
 
     def start(self) -> None:
-        self.before = {name: _cpu_seconds_of(_tree(pid)) for name, pid in self.trees.items()}
+        self.before = {name: cpu_seconds_of(process_tree(pid)) for name, pid in self.trees.items()}
         self.busy_before = _busy_seconds()
         self.self_before = _children_cpu() + time.process_time()
         self.wall_before = time.perf_counter()
@@ -244,7 +244,7 @@ class CpuWatch:
     def stop(self) -> dict[str, float]:
         # Children that started during the run (new PostgreSQL backends) are not counted in
         # `before`; their whole CPU time is the run's, which is what we want.
-        after = {name: _cpu_seconds_of(_tree(pid)) for name, pid in self.trees.items()}
+        after = {name: cpu_seconds_of(process_tree(pid)) for name, pid in self.trees.items()}
         used = {name: after[name] - self.before.get(name, 0.0) for name in self.trees}
         # wrk is our child (subprocess.run has reaped it, so RUSAGE_CHILDREN includes it).
         used["loadgen"] = _children_cpu() + time.process_time() - self.self_before

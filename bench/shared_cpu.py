@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import rnd
-from bench.proxy_bench import ProxySet, _cpu_seconds_of, _tree, run_wrk
+from bench.proxy_bench import ProxySet, cpu_seconds_of, process_tree, run_wrk
 
 __all__ = ["shared_rounds", "shared_summary"]
 
@@ -32,8 +32,8 @@ def shared_rounds(pset: ProxySet, arms: list[str], script: Path, *, connections:
     rows: list[dict[str, Any]] = []
     for i in range(rounds):
         order = arms if i % 2 == 0 else arms[::-1]
-        trees = {arm: _tree(pset.proxies[arm].pid) for arm in order}
-        cpu_before = {arm: _cpu_seconds_of(pids) for arm, pids in trees.items()}
+        trees = {arm: process_tree(pset.proxies[arm].pid) for arm in order}
+        cpu_before = {arm: cpu_seconds_of(pids) for arm, pids in trees.items()}
         with ThreadPoolExecutor(len(order)) as pool:
             futures = {arm: pool.submit(run_wrk, pset.proxies[arm].url("/v1/chat/completions"),
                                         script, connections=connections, duration=duration,
@@ -50,7 +50,7 @@ def shared_rounds(pset: ProxySet, arms: list[str], script: Path, *, connections:
                 "p50_ms": rnd(result["latency_us"]["p50"] / 1000, 3),
                 "p99_ms": rnd(result["latency_us"]["p99"] / 1000, 3),
                 "proxy_cpu_ms_per_request": rnd(
-                    (_cpu_seconds_of(trees[arm]) - cpu_before[arm]) * 1000 / n, 3),
+                    (cpu_seconds_of(trees[arm]) - cpu_before[arm]) * 1000 / n, 3),
             }
         rows.append(row)
         line = "  ".join(f"{arm} {row[arm]['rps']:6.1f} req/s "
