@@ -26,8 +26,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import litellm
 from litellm.litellm_core_utils.core_helpers import reconstruct_model_name
+from litellm.types.llms.anthropic import AnthropicResponse
 from litellm.types.utils import (
     EmbeddingResponse,
     ModelResponse,
@@ -39,9 +41,10 @@ from litellm_credits.context import metadata_of
 
 log = logging.getLogger("litellm_credits.answered")
 
-# Responses whose usage is token counts in OpenAI's shape: the ones settled before sending.
-# Anything else (Anthropic /v1/messages dicts, speech bytes, images, ...) is settled from
-# LiteLLM's success event, as before.
+# Responses whose usage is token counts in OpenAI's shape and whose cost LiteLLM attached: the
+# ones settled before sending, with Anthropic /v1/messages answers (priced here, see
+# anthropic_message_event). Anything else (speech bytes, images, Responses API objects, ...)
+# is settled from LiteLLM's success event, as before.
 SETTLED_EARLY = (ModelResponse, TextCompletionResponse, EmbeddingResponse)
 
 
@@ -130,7 +133,7 @@ def event_kwargs(data: Mapping[str, Any], usage: Mapping[str, Any], *, response_
 def response_event(data: Mapping[str, Any], response: Any) -> dict[str, Any] | None:
     """Success-event kwargs for a non-streamed response, or None to wait for the real event."""
     if not isinstance(response, SETTLED_EARLY):
-        return None
+        return anthropic_message_event(data, response)
     hidden = _hidden(response)
     cost = _number(hidden.get("response_cost"))
     usage = _usage_dict(getattr(response, "usage", None))
@@ -139,6 +142,44 @@ def response_event(data: Mapping[str, Any], response: Any) -> dict[str, Any] | N
     return event_kwargs(data, usage, response_cost=cost, stream=False, hidden=hidden,
                         model=getattr(response, "model", None),
                         finish_reason=finish_reason_of(response))
+
+
+def anthropic_message_event(data: Mapping[str, Any], response: Any) -> dict[str, Any] | None:
+    """Success-event kwargs for a non-streamed ``/v1/messages`` answer (a plain dict).
+
+    LiteLLM attaches no cost to it: its success event turns the message into a
+    ``ModelResponse`` with ``AnthropicConfig.transform_parsed_response`` and prices that with
+    the call's cost calculator. The same two steps here give the same cost, before sending.
+    """
+    logging_obj = data.get("litellm_logging_obj")
+    if (getattr(logging_obj, "call_type", None) != "anthropic_messages"
+            or not isinstance(response, Mapping) or response.get("type") != "message"
+            or not isinstance(response.get("usage"), Mapping)):
+        return None
+    try:
+        parsed = AnthropicResponse.model_validate(response)
+        model_response = litellm.AnthropicConfig().transform_parsed_response(
+            completion_response=parsed.model_dump(),
+            raw_response=httpx.Response(status_code=200, headers={}),
+            model_response=ModelResponse(id=str(response.get("id") or "")),
+            json_mode=None)
+    except Exception:  # noqa: BLE001 - not a message LiteLLM can read: its success event settles it
+        log.debug("could not read a /v1/messages answer before sending", exc_info=True)
+        return None
+    cost = _logged_cost(data, model_response)
+    usage = _usage_dict(getattr(model_response, "usage", None))
+    if cost is None or usage is None:
+        return None
+    return event_kwargs(data, usage, response_cost=cost, stream=False, hidden={},
+                        model=str(response.get("model") or "") or None,
+                        finish_reason=finish_reason_of(model_response))
+
+
+def usage_of(response: Any) -> Any:
+    """The usage object of a response: an attribute, or the ``usage`` key of a plain dict."""
+    if isinstance(response, Mapping):
+        return response.get("usage")
+    return getattr(response, "usage", None)
 
 
 def finish_reason_of(response: Any) -> str | None:
@@ -151,11 +192,15 @@ def finish_reason_of(response: Any) -> str | None:
 
 def stream_cost(data: Mapping[str, Any], usage: Any, model: str | None) -> float | None:
     """LiteLLM's cost of a stream's usage, priced as its success event prices it."""
+    return _logged_cost(data, ModelResponse(model=model, usage=usage))
+
+
+def _logged_cost(data: Mapping[str, Any], result: ModelResponse) -> float | None:
+    """The call's own cost calculator on ``result``, leaving its logging object as it was."""
     logging_obj = data.get("litellm_logging_obj")
     calculate = getattr(logging_obj, "_response_cost_calculator", None)
     if calculate is None:
         return None
-    result = ModelResponse(model=model, usage=usage)
     # Pricing stamps cost_breakdown and a debug key onto the live logging object; put them
     # back, so this stays a read as far as the request's own logging is concerned.
     breakdown = getattr(logging_obj, "cost_breakdown", None)
@@ -165,7 +210,7 @@ def stream_cost(data: Mapping[str, Any], usage: Any, model: str | None) -> float
     try:
         return _number(calculate(result=result))
     except Exception:  # noqa: BLE001 - no early price: the success event settles it, as before
-        log.debug("could not price the stream's usage before sending", exc_info=True)
+        log.debug("could not price the usage before sending", exc_info=True)
         return None
     finally:
         if logging_obj is not None and hasattr(logging_obj, "cost_breakdown"):

@@ -266,7 +266,7 @@ class CreditsHandler(CustomLogger):
             return None
         record = self._settle_early(ctx, kwargs)
         if record is not None:
-            answered.set_usage_cost(getattr(response, "usage", None), record.credits_charged)
+            answered.set_usage_cost(answered.usage_of(response), record.credits_charged)
         return None
 
     async def async_post_call_streaming_iterator_hook(

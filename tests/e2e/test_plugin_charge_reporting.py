@@ -39,8 +39,10 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def env(pg_cluster: PgCluster) -> Iterator[PluginEnv]:
-    models = {"solo": [chat_deployment("openai", "solo")]}
-    with plugin_env(pg_cluster, models, providers=("openai",), label="charge") as penv:
+    models = {"solo": [chat_deployment("openai", "solo")],
+              "claude": [chat_deployment("anthropic", "claude")]}
+    with plugin_env(pg_cluster, models, providers=("openai", "anthropic"),
+                    label="charge") as penv:
         yield penv
 
 
@@ -103,6 +105,29 @@ def test_non_streamed_body_and_header_carry_the_charge(env: PluginEnv) -> None:
     assert Decimal(str(reply.usage.model_extra["cost"])) == want
     assert header is not None and Decimal(header) == want
     assert raw.headers.get("x-credits-remaining") is not None
+
+
+def test_an_anthropic_messages_answer_is_settled_before_it_leaves(env: PluginEnv) -> None:
+    """/v1/messages answers are plain dicts with no cost attached: the hook prices them the
+    way LiteLLM's success event would, journals the record, and reports the charge."""
+    user = env.new_user("cost-messages", credits="5", level="precision")
+    env.up("anthropic").configure(prompt_tokens=40, completion_tokens=9)
+
+    response = env.http("POST", "/v1/messages", key=f"sk-user-{user}", json={
+        "model": "claude", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]})
+
+    assert response.status_code == 200, response.text
+    body = json.loads(response.text, parse_float=Decimal)
+    assert body["type"] == "message" and body["usage"]["input_tokens"] == 40
+    row = _one_row_one_debit(env, user)
+    want = expected_credits("anthropic", "precision", 40, 9)
+    assert row["credits_charged"] == want > 0
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (40, 9)
+    assert row["provider"] == "anthropic"
+    # Only a request settled before its answer left has these (the module's fixture also
+    # checks that no request fell back to the after-send success event).
+    assert Decimal(response.headers["x-credits-charged"]) == want
+    assert body["usage"]["cost"] == want
 
 
 def test_stream_final_usage_chunk_carries_the_charge(env: PluginEnv) -> None:

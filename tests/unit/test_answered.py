@@ -327,3 +327,65 @@ def test_a_stream_replayed_from_the_cache_is_recognised() -> None:
     assert answered.cached_stream(Wrapper("cached_response"))
     assert not answered.cached_stream(Wrapper("openai"))
     assert not answered.cached_stream(object())
+
+
+CLAUDE = "claude-sonnet-4-20250514"
+
+
+def anthropic_request(call_type: str = "anthropic_messages") -> dict[str, Any]:
+    obj = Logging(model=CLAUDE, messages=MESSAGES, stream=False, call_type=call_type,
+                  start_time=START, litellm_call_id="call-2", function_id="f")
+    obj.update_environment_variables(
+        litellm_params={"metadata": {}, "api_base": "https://api.anthropic.example",
+                        "model_info": {"id": "claude-dep"}},
+        optional_params={}, model=CLAUDE, user=None, custom_llm_provider="anthropic")
+    return {"messages": MESSAGES, "litellm_logging_obj": obj,
+            "litellm_metadata": {"model_group": "claude"}}
+
+
+def anthropic_message(**usage: int) -> dict[str, Any]:
+    return {"id": "msg_1", "type": "message", "role": "assistant", "model": CLAUDE,
+            "content": [{"type": "text", "text": CONTENT}], "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 600, "output_tokens": 200,
+                      "cache_creation_input_tokens": 300, "cache_read_input_tokens": 400,
+                      **usage}}
+
+
+def test_an_anthropic_message_is_priced_before_sending_as_its_success_event_prices_it() -> None:
+    kwargs = answered.response_event(anthropic_request(), anthropic_message())
+    assert kwargs is not None
+    slo = kwargs["standard_logging_object"]
+    sheet = {k: D(repr(v)) for k, v in litellm.model_cost[CLAUDE].items()
+             if isinstance(v, float)}
+    want = (600 * sheet["input_cost_per_token"] + 400 * sheet["cache_read_input_token_cost"]
+            + 300 * sheet["cache_creation_input_token_cost"]
+            + 200 * sheet["output_cost_per_token"])
+    assert abs(D(repr(slo["response_cost"])) - want) < D("1e-12")
+    # LiteLLM's usage: cache reads and writes counted into the prompt, as its event logs it.
+    assert (slo["prompt_tokens"], slo["completion_tokens"]) == (1300, 200)
+    assert slo["metadata"]["usage_object"]["prompt_tokens_details"]["cached_tokens"] == 400
+    assert slo["model_id"] == "claude-dep" and slo["stream"] is False
+    assert CONTENT not in json.dumps(kwargs, default=str)
+
+
+@pytest.mark.parametrize("case", ["not anthropic_messages", "not a message", "no usage",
+                                  "unreadable"])
+def test_other_dicts_wait_for_the_success_event(case: str) -> None:
+    data = anthropic_request("acompletion" if case == "not anthropic_messages" else
+                             "anthropic_messages")
+    message: dict[str, Any] = anthropic_message()
+    if case == "not a message":
+        message["type"] = "error"
+    elif case == "no usage":
+        del message["usage"]
+    elif case == "unreadable":
+        message["content"] = "not a list of blocks"
+    assert answered.response_event(data, message) is None
+
+
+def test_the_charge_goes_into_a_plain_dict_usage_too() -> None:
+    message = anthropic_message()
+    answered.set_usage_cost(answered.usage_of(message), D("0.01234567"))
+    assert message["usage"]["cost"] == 0.01234567
+    assert answered.usage_of(response()) is not None
