@@ -34,9 +34,9 @@ from bench.common import (  # noqa: E402
     new_encryption_keys,
     seed_users,
 )
+from bench.procs import run_wrk  # noqa: E402
 from bench.proxy_bench import (  # noqa: E402
     proxy_set,
-    run_wrk,
     smoke,
     standard_arms,
     write_scripts,

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -41,6 +40,8 @@ from bench.common import (
     deployment_specs,
     rnd,
 )
+from bench.procs import Placement, cpu_seconds_of, pin_tree, process_tree, run_wrk
+from bench.shared_cpu import shared_rounds, shared_summary
 from devtools.proxy import MASTER_KEY, ProxyProcess, build_proxy_config
 from devtools.upstream import UpstreamProcess
 
@@ -150,60 +151,6 @@ def lua_script(users: list[str], *, mode: str = "random", seed: int = 1) -> str:
 
 
 # -- CPU accounting ---------------------------------------------------------------------------
-
-
-def cpu_seconds_of(pids: list[int]) -> float:
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
-    return total
-
-
-def process_tree(pid: int | None) -> list[int]:
-    import psutil
-
-    if pid is None:
-        return []
-    try:
-        proc = psutil.Process(pid)
-        return [pid, *[c.pid for c in proc.children(recursive=True)]]
-    except psutil.Error:
-        return []
-
-
-def pin_tree(pid: int | None, cpus: set[int]) -> None:
-    """Pin every thread of ``pid`` and its children to ``cpus`` (threads and processes they
-    start later inherit it)."""
-    for p in process_tree(pid):
-        with contextlib.suppress(OSError):
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(int(tid), cpus)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Which CPUs the proxy under test gets, and which everything else gets.
-
-    On a shared 2-CPU machine the scheduler otherwise puts the proxy, the stand-in upstream,
-    PostgreSQL and wrk wherever it likes, and a proxy that happens to share a CPU with the
-    upstream for a whole run loses 10-15 % to it: the per-pair ratios then swing by more than
-    the plugin costs. Both proxies get the same CPU (only one is loaded at a time).
-    """
-
-    proxy: frozenset[int]
-    rest: frozenset[int]
-
-    @classmethod
-    def split(cls) -> Placement | None:
-        cpus = sorted(os.sched_getaffinity(0))
-        if len(cpus) < 2:
-            return None
-        return cls(frozenset(cpus[:1]), frozenset(cpus[1:]))
 
 
 def _busy_seconds() -> float:
@@ -344,23 +291,6 @@ def smoke(proxy: ProxyProcess, user: str) -> dict[str, Any]:
             f"{response.text[:500]}\n{proxy.log_tail(40)}")
     return {k: v for k, v in response.headers.items()
             if k.startswith("x-litellm") or k.startswith("x-credits")}
-
-
-def run_wrk(url: str, script: Path, *, connections: int, duration: float,
-            threads: int = 1, cpus: frozenset[int] | None = None) -> dict[str, Any]:
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "30s",
-           "-s", str(script), url]
-    if cpus:
-        cmd = ["taskset", "-c", ",".join(str(c) for c in sorted(cpus)), *cmd]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                          timeout=duration + 120)
-    for line in proc.stdout.splitlines():
-        if line.startswith("BENCH_JSON "):
-            result: dict[str, Any] = json.loads(line[len("BENCH_JSON "):])
-            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-            return result
-    raise RuntimeError(f"wrk gave no result (exit {proc.returncode}):\n{proc.stdout}\n"
-                       f"{proc.stderr}")
 
 
 def one_run(pset: ProxySet, which: str, script: Path, *, connections: int, duration: float,
@@ -554,10 +484,10 @@ def alternate(pset: ProxySet, arms: list[str], users: list[str], *, concurrencie
         if placement is not None:
             for pid in (pset.upstream.proc.pid if pset.upstream.proc else None,
                         postmaster_pid):
-                pin_tree(pid, set(placement.rest))
+                pin_tree(pid, placement.rest)
             os.sched_setaffinity(0, placement.rest)  # this driver (its CPU watch) too
             for arm in arms:  # last: the proxies are children of this process
-                pin_tree(pset.proxies[arm].pid, set(placement.proxy))
+                pin_tree(pset.proxies[arm].pid, placement.proxy)
             log(f"  CPUs: proxies on {sorted(placement.proxy)}; upstream, PostgreSQL and wrk "
                 f"on {sorted(placement.rest)}")
         return _alternate(pset, arms, users, measure, warm, concurrencies=concurrencies,
@@ -568,7 +498,7 @@ def alternate(pset: ProxySet, arms: list[str], users: list[str], *, concurrencie
     finally:
         if placement is not None:  # the settlement and hook parts use every CPU again
             os.sched_setaffinity(0, everywhere)
-            pin_tree(postmaster_pid, set(everywhere))
+            pin_tree(postmaster_pid, everywhere)
 
 
 def _alternate(pset: ProxySet, arms: list[str], users: list[str], measure: Path, warm: Path,
@@ -616,9 +546,7 @@ def _alternate(pset: ProxySet, arms: list[str], users: list[str], measure: Path,
         for r in runs:
             r["used"] = r["clean"] if use_clean else True
         if placement is not None and shared > 0:
-            from bench.shared_cpu import shared_rounds  # it builds on this module's helpers
-
-            runs += shared_rounds(pset, arms, measure, connections=connections,
+            runs += shared_rounds(pset.proxies, arms, measure, connections=connections,
                                   duration=duration, rounds=shared, wrk_cpus=placement.rest,
                                   pause=pause, log=log)
         out[f"c{connections}"] = runs
@@ -646,8 +574,6 @@ def run_proxy_bench(db_url: str, users: list[str], encryption_keys: str, *,
     for key, runs in all_runs.items():
         summary = compare(runs, "on", "off")
         if shared:
-            from bench.shared_cpu import shared_summary
-
             summary["shared_cpu"] = shared_summary([r for r in runs if r["which"] == "shared"])
         if diagnose:
             summary["noop_vs_off"] = {k: v for k, v in compare(runs, "noop", "off").items()

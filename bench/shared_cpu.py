@@ -15,27 +15,30 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from bench.common import rnd
-from bench.proxy_bench import ProxySet, cpu_seconds_of, process_tree, run_wrk
+from bench.procs import cpu_seconds_of, process_tree, run_wrk
+from devtools.proxy import ProxyProcess
 
 __all__ = ["shared_rounds", "shared_summary"]
 
 
-def shared_rounds(pset: ProxySet, arms: list[str], script: Path, *, connections: int,
-                  duration: float, rounds: int, wrk_cpus: frozenset[int] | None, pause: float,
+def shared_rounds(proxies: Mapping[str, ProxyProcess], arms: list[str], script: Path, *,
+                  connections: int, duration: float, rounds: int,
+                  wrk_cpus: frozenset[int] | None, pause: float,
                   log: Any = print) -> list[dict[str, Any]]:
     """``rounds`` rounds of every arm under load at once; one record per round."""
     rows: list[dict[str, Any]] = []
     for i in range(rounds):
         order = arms if i % 2 == 0 else arms[::-1]
-        trees = {arm: process_tree(pset.proxies[arm].pid) for arm in order}
+        trees = {arm: process_tree(proxies[arm].pid) for arm in order}
         cpu_before = {arm: cpu_seconds_of(pids) for arm, pids in trees.items()}
         with ThreadPoolExecutor(len(order)) as pool:
-            futures = {arm: pool.submit(run_wrk, pset.proxies[arm].url("/v1/chat/completions"),
+            futures = {arm: pool.submit(run_wrk, proxies[arm].url("/v1/chat/completions"),
                                         script, connections=connections, duration=duration,
                                         cpus=wrk_cpus)
                        for arm in order}
