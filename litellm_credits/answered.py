@@ -170,8 +170,9 @@ def anthropic_message_event(data: Mapping[str, Any], response: Any) -> dict[str,
     usage = _usage_dict(getattr(model_response, "usage", None))
     if cost is None or usage is None:
         return None
+    model = response.get("model")
     return event_kwargs(data, usage, response_cost=cost, stream=False, hidden={},
-                        model=str(response.get("model") or "") or None,
+                        model=model if isinstance(model, str) and model else None,
                         finish_reason=finish_reason_of(model_response))
 
 
